@@ -1,0 +1,30 @@
+# The two commands: `make run` (set up, then the main job) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LLM4MSR := $(VENV)/bin/llm4msr
+# installed once per change of the lock or setup.py; re-running make installs nothing
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs
+SOURCE ?= movielens-latest-small
+
+.PHONY: setup run test test-fast lock bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock setup.py scripts/install-env
+	@scripts/install-env $(VENV)
+	@touch $@
+
+run: setup
+	$(LLM4MSR) data prepare --source $(SOURCE) --out $(RUN_DIR)/data/$(SOURCE)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lock:
+	$(VENV)/bin/uv pip compile requirements.in requirements-dev.in --python-version 3.10 \
+	  --python-platform x86_64-manylinux_2_36 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) $(RUN_DIR) .pytest_cache

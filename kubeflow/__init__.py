@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines: compile entry point, pipeline image and deployment manifests."""

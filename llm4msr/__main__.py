@@ -1,0 +1,3 @@
+from llm4msr.cli import main
+
+raise SystemExit(main())

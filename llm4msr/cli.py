@@ -1,0 +1,30 @@
+"""The `llm4msr` command line. Each sub-command lives next to the code it drives and
+registers itself through an `add_parser(subparsers)` function listed here."""
+import argparse
+import importlib
+import sys
+
+from llm4msr.errors import UserFacingError
+
+# module path -> the sub-command it adds
+COMMAND_MODULES = [
+    "llm4msr.pipeline.data.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm4msr", description="LLM-enhanced multi-scenario recommendation on TFX.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserFacingError as error:
+        print(f"llm4msr: error: {error}", file=sys.stderr)
+        return 2

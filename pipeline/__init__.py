@@ -1,0 +1,1 @@
+"""The TFX pipeline, its custom components, data adapters and runners."""

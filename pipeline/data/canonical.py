@@ -1,0 +1,162 @@
+"""The canonical multi-scenario data set (../shared/docs/DATA_FORMAT.md): read, validate, write.
+
+Every later stage reads a data set only through `read_dataset`, so the checks here are the
+contract: ids are strings, labels 0/1, timestamps integers, scenarios listed in scenarios.json,
+items listed in items.csv, no duplicate (user, item, timestamp) rows.
+"""
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import pandas as pd
+
+from llm4msr.errors import DataError
+from llm4msr.pipeline.data.scenarios import Scenario
+from llm4msr.pipeline.data.split import SPLITS, random_split, time_split
+from llm4msr.pipeline.data.tables import read_table
+
+INTERACTIONS, ITEMS, USERS, SCENARIOS, MANIFEST = (
+    "interactions.csv", "items.csv", "users.csv", "scenarios.json", "manifest.json")
+INTERACTION_COLUMNS = ["user_id", "item_id", "scenario", "label", "timestamp", "split"]
+
+
+@dataclass
+class Dataset:
+    interactions: pd.DataFrame  # user_id, item_id, scenario, label, timestamp, split[, extra...]
+    items: pd.DataFrame  # item_id, title, categories, description[, extra...]
+    scenarios: List[Scenario]
+    users: Optional[pd.DataFrame] = None  # user_id[, attributes...]
+    manifest: dict = field(default_factory=dict)  # where the set came from and how it was made
+
+    @property
+    def scenario_ids(self) -> List[str]:
+        return [s.id for s in self.scenarios]
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.interactions[self.interactions["split"] == name]
+
+
+def write_dataset(dataset: Dataset, out) -> pathlib.Path:
+    """Writes the set into a temporary sibling folder, then renames it to `out`, so `out` is
+    either the complete previous set or the complete new one, never half-written."""
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        dataset.interactions.to_csv(staging / INTERACTIONS, index=False)
+        dataset.items.to_csv(staging / ITEMS, index=False)
+        if dataset.users is not None:
+            dataset.users.to_csv(staging / USERS, index=False)
+        _write_json(staging / SCENARIOS, {"scenarios": [s.to_json() for s in dataset.scenarios]})
+        _write_json(staging / MANIFEST, dataset.manifest)
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def read_dataset(folder, split: str = "time", seed: int = 0) -> Dataset:
+    """Reads and validates a canonical set. When `interactions.csv` has no `split` column the
+    splitter assigns one (`split` = 'time' needs timestamps; 'random' is seeded 8:1:1)."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "data set folder not found")
+    scenarios = _read_scenarios(folder / SCENARIOS)
+    items = _read_items(folder / ITEMS)
+    interactions = _read_interactions(folder / INTERACTIONS, [s.id for s in scenarios], set(items["item_id"]))
+    if "split" not in interactions.columns:
+        interactions["split"] = assign_split(interactions, split, seed, folder / INTERACTIONS)
+    users = _read_users(folder / USERS) if (folder / USERS).exists() else None
+    manifest_path = folder / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"source": "canonical"}
+    return Dataset(interactions, items, scenarios, users, manifest)
+
+
+def assign_split(interactions: pd.DataFrame, split: str, seed: int, where) -> pd.Series:
+    if split == "random":
+        return random_split(interactions, seed)
+    if split != "time":
+        raise DataError(where, f"unknown split method {split!r} (expected time or random)")
+    if "timestamp" not in interactions.columns:
+        raise DataError(where, "the time split needs a 'timestamp' column; add one or use --split random")
+    return time_split(interactions)
+
+
+def _read_scenarios(path: pathlib.Path) -> List[Scenario]:
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(path, f"invalid JSON: {error.msg}", line=error.lineno) from None
+    entries = document.get("scenarios") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise DataError(path, "expected {\"scenarios\": [{\"id\": ..., \"name\": ..., \"description\": ...}, ...]}",
+                        field="scenarios")
+    scenarios = []
+    for index, entry in enumerate(entries):
+        for key in ("id", "name", "description"):
+            if not isinstance(entry, dict) or not str(entry.get(key, "")).strip():
+                raise DataError(path, f"scenario #{index} has no {key!r}", field=f"scenarios[{index}].{key}")
+        scenarios.append(Scenario(str(entry["id"]), str(entry["name"]), str(entry["description"])))
+    ids = [s.id for s in scenarios]
+    if len(set(ids)) != len(ids):
+        raise DataError(path, f"scenario ids are not unique: {ids}", field="scenarios")
+    return scenarios
+
+
+def _read_items(path: pathlib.Path) -> pd.DataFrame:
+    table = read_table(path, required=["item_id", "title"])
+    frame = table.frame
+    frame["item_id"] = table.strings("item_id")
+    frame["title"] = table.strings("title")
+    for optional in ("categories", "description"):
+        frame[optional] = frame[optional].str.strip() if optional in frame.columns else ""
+    table.check_unique(["item_id"], "item id")
+    return frame
+
+
+def _read_interactions(path: pathlib.Path, scenario_ids: List[str], item_ids: set) -> pd.DataFrame:
+    table = read_table(path, required=["user_id", "item_id", "scenario", "label"])
+    frame = table.frame
+    frame["user_id"] = table.strings("user_id")
+    frame["item_id"] = table.strings("item_id")
+    unknown_item = (~frame["item_id"].isin(item_ids)).to_numpy()
+    if unknown_item.any():
+        position = int(unknown_item.nonzero()[0][0])
+        table.fail(position, "item_id", f"item {frame['item_id'].iloc[position]!r} is not in {ITEMS}")
+    frame["scenario"] = table.choice("scenario", scenario_ids, "scenario id")
+    frame["label"] = table.choice("label", ["0", "1"], "label").astype("int64")
+    if "timestamp" in frame.columns:
+        frame["timestamp"] = table.numbers("timestamp", integer=True)
+        table.check_unique(["user_id", "item_id", "timestamp"], "(user, item, timestamp)")
+    if "split" in frame.columns:
+        frame["split"] = table.choice("split", list(SPLITS), "split")
+    return frame
+
+
+def _read_users(path: pathlib.Path) -> pd.DataFrame:
+    table = read_table(path, required=["user_id"])
+    table.frame["user_id"] = table.strings("user_id")
+    table.check_unique(["user_id"], "user id")
+    return table.frame
+
+
+def _write_json(path: pathlib.Path, document) -> None:
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _replace_dir(staging: pathlib.Path, out: pathlib.Path) -> None:
+    """Swaps `staging` into place as `out`; an existing `out` is removed only after the swap."""
+    if out.exists():
+        retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.rename(out, retired / out.name)
+        os.rename(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, out)
