@@ -1,0 +1,1 @@
+"""LLM knowledge extraction: scenario- and user-level prompts through a frozen LLM, cached."""

@@ -1,0 +1,142 @@
+"""The on-disk format of extracted knowledge, read by the joiner, the trainer and the serving store.
+
+```
+<dir>/knowledge.json          {"format": 1, "fingerprint": ..., "template_version": ..., "dim": ..., ...}
+<dir>/user/*.parquet          id, vector (list<float32>), prompt, prompt_hash, text
+<dir>/scenario/*.parquet      same columns, one row per scenario
+```
+The user table also holds one row with id `COLD_START_ID`: the vector of the cold-start prompt,
+used for users the extraction has not seen (the serving default and the joiner's default).
+Shards (`*.parquet`) may be written by Beam (`WriteToParquet`) or by `write_knowledge`.
+"""
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Mapping, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from llm4msr.errors import UserFacingError
+
+FORMAT_VERSION = 1
+METADATA = "knowledge.json"
+USER, SCENARIO = "user", "scenario"
+COLD_START_ID = "<cold-start>"
+SCHEMA = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32())), ("prompt", pa.string()),
+                    ("prompt_hash", pa.string()), ("text", pa.string())])
+
+
+@dataclass
+class KnowledgeRecord:
+    id: str
+    vector: np.ndarray
+    prompt: str = ""
+    prompt_hash: str = ""
+    text: str = ""
+
+
+@dataclass
+class Knowledge:
+    users: Dict[str, KnowledgeRecord]
+    scenarios: Dict[str, KnowledgeRecord]
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(next(iter(self.scenarios.values())).vector.shape[0])
+
+    @property
+    def default_user_vector(self) -> np.ndarray:
+        return self.users[COLD_START_ID].vector
+
+    def user_vector(self, user_id: str) -> np.ndarray:
+        record = self.users.get(user_id)
+        return record.vector if record is not None else self.default_user_vector
+
+    def scenario_vector(self, scenario_id: str) -> np.ndarray:
+        if scenario_id not in self.scenarios:
+            raise UserFacingError(f"no knowledge for scenario {scenario_id!r} "
+                                  f"(have: {', '.join(sorted(self.scenarios))})")
+        return self.scenarios[scenario_id].vector
+
+    def user_matrix(self, user_ids: Iterable[str]) -> np.ndarray:
+        return np.stack([self.user_vector(u) for u in user_ids]).astype(np.float32)
+
+    def scenario_matrix(self, scenario_ids: Iterable[str]) -> np.ndarray:
+        return np.stack([self.scenario_vector(s) for s in scenario_ids]).astype(np.float32)
+
+
+def read_knowledge(folder) -> Knowledge:
+    folder = pathlib.Path(folder)
+    meta_path = folder / METADATA
+    if not meta_path.is_file():
+        raise UserFacingError(f"{folder} is not a knowledge folder: {METADATA} is missing "
+                              f"(run `llm4msr knowledge extract` first)")
+    metadata = json.loads(meta_path.read_text())
+    if metadata.get("format") != FORMAT_VERSION:
+        raise UserFacingError(f"{meta_path}: knowledge format {metadata.get('format')!r}, expected {FORMAT_VERSION}")
+    users, scenarios = _read_level(folder, USER), _read_level(folder, SCENARIO)
+    if COLD_START_ID not in users:
+        raise UserFacingError(f"{folder}/{USER}: no cold-start row ({COLD_START_ID!r}) for unknown users")
+    if not scenarios:
+        raise UserFacingError(f"{folder}/{SCENARIO}: no scenario knowledge")
+    widths = {r.vector.shape[0] for r in list(users.values()) + list(scenarios.values())}
+    if len(widths) != 1:
+        raise UserFacingError(f"{folder}: knowledge vectors have different widths {sorted(widths)}")
+    return Knowledge(users, scenarios, metadata)
+
+
+def write_knowledge(folder, users: Mapping[str, KnowledgeRecord], scenarios: Mapping[str, KnowledgeRecord],
+                    metadata: Optional[dict] = None) -> pathlib.Path:
+    """Writes a complete knowledge folder atomically (temporary sibling, then rename)."""
+    folder = pathlib.Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for level, records in ((USER, users), (SCENARIO, scenarios)):
+            (staging / level).mkdir()
+            pq.write_table(records_to_table(records.values()), staging / level / "part-00000.parquet")
+        write_metadata(staging, metadata or {})
+        if folder.exists():
+            retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+            os.rename(folder, retired / folder.name)
+            shutil.rmtree(retired, ignore_errors=True)
+        os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def write_metadata(folder, metadata: dict) -> None:
+    path = pathlib.Path(folder) / METADATA
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**metadata, "format": FORMAT_VERSION}, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def records_to_table(records: Iterable[KnowledgeRecord]) -> pa.Table:
+    records = list(records)
+    return pa.table({
+        "id": [r.id for r in records],
+        "vector": [np.asarray(r.vector, np.float32).tolist() for r in records],
+        "prompt": [r.prompt for r in records],
+        "prompt_hash": [r.prompt_hash for r in records],
+        "text": [r.text for r in records],
+    }, schema=SCHEMA)
+
+
+def _read_level(folder: pathlib.Path, level: str) -> Dict[str, KnowledgeRecord]:
+    shards = sorted((folder / level).glob("*.parquet"))
+    records = {}
+    for shard in shards:
+        table = pq.read_table(shard, schema=SCHEMA)
+        vectors = table.column("vector").to_pylist()
+        for row, vector in zip(table.drop(["vector"]).to_pylist(), vectors):
+            records[row["id"]] = KnowledgeRecord(vector=np.asarray(vector, np.float32), **row)
+    return records
