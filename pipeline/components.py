@@ -1,0 +1,221 @@
+"""The pipeline's custom TFX components (Python function components running Beam).
+
+- `CanonicalExampleGen`: the canonical data set (../shared/docs/DATA_FORMAT.md) -> `Examples` with
+  its authoritative train/eval/test splits and string ids (CsvExampleGen would infer ids as ints).
+- `KnowledgeExtractor`: prompts -> frozen LLM -> `Knowledge` (vectors, prompts, texts, fingerprint).
+- `KnowledgeJoiner`: a Beam join adding `user_knowledge` and `scenario_knowledge` to every example,
+  refusing data the ExampleValidator found anomalous, and extending the schema with the vectors.
+"""
+import json
+import os
+from typing import Dict, Iterable, Tuple
+
+import apache_beam as beam
+import tensorflow as tf
+from tfx import v1 as tfx
+from tfx.types import artifact as tfx_artifact
+from tfx.types import standard_artifacts
+
+from llm4msr.errors import UserFacingError
+
+FEATURES = ("user_id", "item_id", "scenario")  # raw string features every example carries
+LABEL = "label"
+USER_KNOWLEDGE, SCENARIO_KNOWLEDGE = "user_knowledge", "scenario_knowledge"
+SPLITS = ("train", "eval", "test")
+EXAMPLES_FILE_FORMAT = "tfrecords_gzip"
+
+component = tfx.dsl.components.component
+InputArtifact, OutputArtifact, Parameter = (
+    tfx.dsl.components.InputArtifact, tfx.dsl.components.OutputArtifact, tfx.dsl.components.Parameter)
+BeamComponentParameter = tfx.dsl.components.BeamComponentParameter
+
+
+class Knowledge(tfx_artifact.Artifact):
+    """LLM knowledge: the folder format of `llm4msr.pipeline.knowledge.artifact`."""
+
+    TYPE_NAME = "llm4msr.Knowledge"
+
+
+# -- ExampleGen ------------------------------------------------------------------------------------
+
+@component(use_beam=True)
+def CanonicalExampleGen(
+    examples: OutputArtifact[standard_artifacts.Examples],
+    dataset_dir: Parameter[str],
+    dataset_fingerprint: Parameter[str],  # part of the cache key: changed data is never a cache hit
+    beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
+) -> None:
+    from llm4msr.pipeline.data.canonical import read_dataset
+
+    del dataset_fingerprint
+    interactions = read_dataset(dataset_dir).interactions
+    _mark_examples(examples)
+    with beam_pipeline as pipeline:
+        for split in SPLITS:
+            rows = interactions.loc[interactions["split"] == split, list(FEATURES) + [LABEL]]
+            (pipeline
+             | f"Rows[{split}]" >> beam.Create(rows.to_dict("records"), reshuffle=False)
+             | f"ToExample[{split}]" >> beam.Map(_row_to_example)
+             | f"Write[{split}]" >> _write_split(examples, split))
+
+
+def _row_to_example(row: dict) -> bytes:
+    feature = {name: _bytes_feature(row[name]) for name in FEATURES}
+    feature[LABEL] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row[LABEL])]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+# -- KnowledgeExtractor ----------------------------------------------------------------------------
+
+@component(use_beam=True)
+def KnowledgeExtractor(
+    knowledge: OutputArtifact[Knowledge],
+    dataset_dir: Parameter[str],
+    dataset_fingerprint: Parameter[str],
+    model: Parameter[str] = "minilm",
+    backend: Parameter[str] = "encoder",
+    cache_dir: Parameter[str] = "",
+    batch_size: Parameter[int] = 64,
+    beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
+) -> None:
+    """Runs the knowledge Beam pipeline with this pipeline's Beam options; the prompt cache makes
+    reruns and new users cheap (see `llm4msr.pipeline.knowledge`)."""
+    from llm4msr.pipeline.knowledge.extract import extract_knowledge
+
+    del dataset_fingerprint
+    counts = extract_knowledge(dataset_dir, knowledge.uri, model=model, backend=backend,
+                               cache_dir=cache_dir or None, batch_size=batch_size,
+                               beam_pipeline_args=_beam_args(beam_pipeline), progress=False)
+    for key, value in counts.items():
+        knowledge.set_string_custom_property(key, str(value))
+
+
+def _beam_args(beam_pipeline: beam.Pipeline):
+    """The pipeline's Beam options as command-line flags, for a nested Beam job."""
+    options = beam_pipeline.options.get_all_options(drop_default=True)
+    return [f"--{key}={value}" for key, value in options.items() if value is not None]
+
+
+# -- KnowledgeJoiner -------------------------------------------------------------------------------
+
+@component(use_beam=True)
+def KnowledgeJoiner(
+    examples: InputArtifact[standard_artifacts.Examples],
+    knowledge: InputArtifact[Knowledge],
+    schema: InputArtifact[standard_artifacts.Schema],
+    anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+    joined_examples: OutputArtifact[standard_artifacts.Examples],
+    joined_schema: OutputArtifact[standard_artifacts.Schema],
+    beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
+) -> None:
+    """Joins knowledge vectors to examples; users the extraction never saw get the cold-start
+    vector. Stops, with the anomalies listed, when the ExampleValidator did not bless the data."""
+    from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
+
+    raise_on_anomalies(anomalies)
+    store = read_knowledge(knowledge.uri)
+    user_vectors = [(user_id, record.vector.tolist()) for user_id, record in store.users.items()
+                    if user_id != COLD_START_ID]
+    scenario_vectors = {sid: record.vector.tolist() for sid, record in store.scenarios.items()}
+    default_user = store.default_user_vector.tolist()
+    _write_schema_with_knowledge(schema, joined_schema, store.dim)
+    _mark_examples(joined_examples)
+    with beam_pipeline as pipeline:
+        users = pipeline | "UserKnowledge" >> beam.Create(user_vectors)
+        scenarios = pipeline | "ScenarioKnowledge" >> beam.Create([scenario_vectors])
+        for split in SPLITS:
+            keyed = (pipeline
+                     | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
+                         os.path.join(examples.path(split=split), "*"),
+                         coder=beam.coders.BytesCoder(), compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+                     | f"KeyByUser[{split}]" >> beam.Map(_key_by_user))
+            ({"examples": keyed, "knowledge": users}
+             | f"Join[{split}]" >> beam.CoGroupByKey()
+             | f"AddKnowledge[{split}]" >> beam.FlatMap(_add_knowledge, beam.pvalue.AsSingleton(scenarios),
+                                                         default_user)
+             | f"Write[{split}]" >> _write_split(joined_examples, split))
+
+
+def _key_by_user(serialized: bytes) -> Tuple[str, bytes]:
+    example = tf.train.Example.FromString(serialized)
+    return example.features.feature["user_id"].bytes_list.value[0].decode(), serialized
+
+
+def _add_knowledge(joined, scenario_vectors: Dict[str, list], default_user: list) -> Iterable[bytes]:
+    _, groups = joined
+    user_vector = groups["knowledge"][0] if groups["knowledge"] else default_user
+    for serialized in groups["examples"]:
+        example = tf.train.Example.FromString(serialized)
+        scenario = example.features.feature["scenario"].bytes_list.value[0].decode()
+        if scenario not in scenario_vectors:
+            raise UserFacingError(f"no knowledge for scenario {scenario!r}: re-run the KnowledgeExtractor")
+        feature = example.features.feature
+        feature[USER_KNOWLEDGE].float_list.value.extend(user_vector)
+        feature[SCENARIO_KNOWLEDGE].float_list.value.extend(scenario_vectors[scenario])
+        yield example.SerializeToString()
+
+
+def raise_on_anomalies(anomalies) -> None:
+    """Raises with a readable summary when any split of `anomalies` is not blessed."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    problems = []
+    for split in anomalies.splits if hasattr(anomalies, "splits") else SPLITS:
+        path = os.path.join(anomalies.uri, f"Split-{split}", "SchemaDiff.pb")
+        if not tf.io.gfile.exists(path):
+            continue
+        report = anomalies_pb2.Anomalies.FromString(tf.io.gfile.GFile(path, "rb").read())
+        for feature, info in sorted(report.anomaly_info.items()):
+            problems.append(f"  [{split}] {feature}: {info.short_description} — {info.description}")
+        if report.HasField("dataset_anomaly_info"):
+            info = report.dataset_anomaly_info
+            problems.append(f"  [{split}] <dataset>: {info.short_description} — {info.description}")
+    if problems:
+        raise UserFacingError("the data violate the schema; training stopped. Anomalies found by "
+                              "ExampleValidator:\n" + "\n".join(problems))
+
+
+def _write_schema_with_knowledge(schema, joined_schema, dim: int) -> None:
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx.utils import io_utils
+
+    proto = io_utils.SchemaReader().read(os.path.join(schema.uri, "schema.pbtxt"))
+    for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE):
+        feature = next((f for f in proto.feature if f.name == name), None) or proto.feature.add(name=name)
+        feature.type = schema_pb2.FLOAT
+        feature.shape.Clear()
+        feature.shape.dim.add(size=dim)
+        feature.presence.min_fraction = 1.0
+    io_utils.write_pbtxt_file(os.path.join(joined_schema.uri, "schema.pbtxt"), proto)
+
+
+# -- shared helpers --------------------------------------------------------------------------------
+
+def _mark_examples(examples) -> None:
+    examples.splits = list(SPLITS)
+    examples.set_string_custom_property("file_format", EXAMPLES_FILE_FORMAT)
+    examples.set_string_custom_property("payload_format", "FORMAT_TF_EXAMPLE")
+
+
+def _write_split(examples, split: str) -> beam.PTransform:
+    return beam.io.WriteToTFRecord(os.path.join(examples.path(split=split), "data_tfrecord"),
+                                   file_name_suffix=".gz", coder=beam.coders.BytesCoder())
+
+
+def _bytes_feature(value: str) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode()]))
+
+
+def dataset_fingerprint(dataset_dir: str) -> str:
+    """Content hash of a canonical data set folder (names, sizes and bytes of its files)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(dataset_dir)):
+        path = os.path.join(dataset_dir, name)
+        if os.path.isfile(path):
+            digest.update(name.encode())
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]

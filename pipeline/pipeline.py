@@ -1,0 +1,105 @@
+"""`create_pipeline(config)`: the LLM4MSR TFX pipeline.
+
+CanonicalExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidator
+KnowledgeExtractor (LLM, cached) -> KnowledgeJoiner (Beam join; gate on anomalies)
+-> Transform -> Trainer -> Resolver (latest blessed) -> Evaluator (per scenario) -> Pusher
+"""
+import json
+import pathlib
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from llm4msr.pipeline import components
+from llm4msr.pipeline.config import PipelineConfig
+
+PREDICTION_KEY = "probability"
+SCENARIO_SLICE = tfma.SlicingSpec(feature_keys=["scenario"])
+
+
+def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    dataset_dir = str(pathlib.Path(config.dataset_dir).resolve())
+    fingerprint = components.dataset_fingerprint(dataset_dir)
+    scenario_ids = _scenario_ids(dataset_dir)
+
+    example_gen = components.CanonicalExampleGen(dataset_dir=dataset_dir, dataset_fingerprint=fingerprint)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    if config.schema_path:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=str(pathlib.Path(config.schema_path).resolve()))
+    else:
+        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                              infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
+                                                        schema=schema_gen.outputs["schema"])
+    knowledge_extractor = components.KnowledgeExtractor(
+        dataset_dir=dataset_dir, dataset_fingerprint=fingerprint, model=config.llm_model,
+        backend=config.llm_backend, cache_dir=config.knowledge_cache_dir)
+    knowledge_joiner = components.KnowledgeJoiner(
+        examples=example_gen.outputs["examples"], knowledge=knowledge_extractor.outputs["knowledge"],
+        schema=schema_gen.outputs["schema"], anomalies=example_validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=knowledge_joiner.outputs["joined_examples"], schema=knowledge_joiner.outputs["joined_schema"],
+        preprocessing_fn="llm4msr.transform.preprocessing.preprocessing_fn",
+        custom_config={"scenarios": scenario_ids})
+    trainer = tfx.components.Trainer(
+        run_fn="llm4msr.trainer.run_fn.run_fn",
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=knowledge_joiner.outputs["joined_schema"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config={"model": config.model, "epochs": config.train_epochs, "batch_size": config.batch_size,
+                       "scenarios": scenario_ids})
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=knowledge_joiner.outputs["joined_examples"], model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"], example_splits=["test"],
+        eval_config=eval_config(config))
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(pathlib.Path(config.serving_dir).resolve()))))
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.name,
+        pipeline_root=str(pathlib.Path(config.pipeline_root).resolve()),
+        components=[example_gen, statistics_gen, schema_gen, example_validator, knowledge_extractor,
+                    knowledge_joiner, transform, trainer, model_resolver, evaluator, pusher],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(pathlib.Path(config.metadata_path).resolve())),
+        beam_pipeline_args=list(config.beam_args),
+    )
+
+
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+    """Overall and per-scenario AUC, logloss, calibration and counts. Blessing: AUC above
+    `auc_floor` in every slice, and no more than `regression_tolerance` below the last blessed model
+    (TFMA skips the change threshold while there is no baseline)."""
+    auc_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.auc_floor}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -config.regression_tolerance}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key="label",
+                                    prediction_key=PREDICTION_KEY,
+                                    preprocessing_function_names=["transform_features"])],
+        slicing_specs=[tfma.SlicingSpec(), SCENARIO_SLICE],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                slicing_specs=[tfma.SlicingSpec(), SCENARIO_SLICE], threshold=auc_threshold)]),
+            tfma.MetricConfig(class_name="BinaryCrossentropy"),
+            tfma.MetricConfig(class_name="Calibration"),
+            tfma.MetricConfig(class_name="MeanLabel"),
+            tfma.MetricConfig(class_name="MeanPrediction"),
+            tfma.MetricConfig(class_name="ExampleCount"),
+        ])])
+
+
+def _scenario_ids(dataset_dir: str):
+    document = json.loads((pathlib.Path(dataset_dir) / "scenarios.json").read_text())
+    return [scenario["id"] for scenario in document["scenarios"]]

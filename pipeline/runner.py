@@ -1,0 +1,151 @@
+"""Running the pipeline locally (LocalDagRunner + SQLite metadata) and compiling it for Kubeflow
+Pipelines (KubeflowV2DagRunner), plus the reports printed after a local run."""
+import json
+import os
+import pathlib
+import time
+from typing import Dict, List, Optional
+
+from llm4msr.errors import UserFacingError
+from llm4msr.pipeline.config import PipelineConfig
+
+
+def run_local(config: PipelineConfig) -> dict:
+    """Runs the pipeline; returns {"seconds": ..., "components": [...], "evaluation": ..., "pushed": ...}."""
+    from tfx import v1 as tfx
+
+    from llm4msr.pipeline.pipeline import create_pipeline
+
+    if not pathlib.Path(config.dataset_dir, "interactions.csv").is_file():
+        raise UserFacingError(f"{config.dataset_dir}: no canonical data set (run `llm4msr data prepare` first)")
+    pipeline = create_pipeline(config)
+    started = time.time()
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    report = collect_report(config)
+    report["seconds"] = time.time() - started
+    return report
+
+
+def compile_kubeflow(config: PipelineConfig, output: str, image: str) -> str:
+    """Writes the Kubeflow Pipelines v2 / Vertex pipeline JSON for `config`."""
+    from tfx import v1 as tfx
+
+    from llm4msr.pipeline.pipeline import create_pipeline
+
+    runner_config = tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image)
+    output_path = pathlib.Path(output)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=runner_config, output_dir=str(output_path.parent), output_filename=output_path.name)
+    runner.run(create_pipeline(config), write_out=True)
+    return str(output_path)
+
+
+# -- reports ----------------------------------------------------------------------------------------
+
+def collect_report(config: PipelineConfig) -> dict:
+    """Reads the latest run's executions from ML Metadata: per-component timing, cache use,
+    the evaluation table, the blessing and the pushed model."""
+    from ml_metadata import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = str(pathlib.Path(config.metadata_path).resolve())
+    store = metadata_store.MetadataStore(connection)
+    contexts = [c for c in store.get_contexts() if c.type_id == _type_id(store, "pipeline_run")]
+    if not contexts:
+        return {"components": []}
+    run = max(contexts, key=lambda c: c.create_time_since_epoch)
+    executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.create_time_since_epoch)
+    rows = []
+    for execution in executions:
+        name = execution.properties["component_id"].string_value if "component_id" in execution.properties \
+            else execution.custom_properties.get("component_id", metadata_store_pb2.Value()).string_value
+        state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+        seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
+        rows.append({"component": name or str(execution.type_id), "state": state, "seconds": seconds})
+    return {"components": rows, "evaluation": _latest_evaluation(config), "pushed": _latest_push(config)}
+
+
+def _type_id(store, name: str) -> int:
+    return store.get_context_type(name).id
+
+
+def _latest_output(config: PipelineConfig, component: str, output: str) -> Optional[pathlib.Path]:
+    folder = pathlib.Path(config.pipeline_root) / component / output
+    runs = sorted((p for p in folder.glob("*") if p.is_dir()), key=lambda p: int(p.name) if p.name.isdigit() else -1)
+    return runs[-1] if runs else None
+
+
+def _latest_evaluation(config: PipelineConfig) -> Optional[dict]:
+    import tensorflow_model_analysis as tfma
+
+    uri = _latest_output(config, "Evaluator", "evaluation")
+    if uri is None:
+        return None
+    slices = _metrics_by_slice(tfma, uri)
+    validation = tfma.load_validation_result(str(uri))
+    failures = [f"{_slice_name(f.slice_key)}: {fc.message}" for f in validation.metric_validations_per_slice
+                for fc in f.failures]
+    return {"slices": slices, "blessed": bool(validation.validation_ok), "failures": failures}
+
+
+def _metrics_by_slice(tfma, uri) -> Dict[str, Dict[str, float]]:
+    result = tfma.load_eval_result(str(uri))
+    table = {}
+    for slice_key, metrics in result.slicing_metrics:
+        values = metrics.get("", {}).get("", {})
+        table[_slice_name(slice_key)] = {name: _scalar(value) for name, value in values.items()}
+    return table
+
+
+def _slice_name(slice_key) -> str:
+    if not slice_key:
+        return "overall"
+    if hasattr(slice_key, "single_slice_keys"):
+        slice_key = [(k.column, k.bytes_value.decode() or k.int64_value) for k in slice_key.single_slice_keys]
+    return ", ".join(f"{column}={value.decode() if isinstance(value, bytes) else value}"
+                     for column, value in slice_key)
+
+
+def _scalar(value) -> float:
+    if isinstance(value, dict):
+        if "doubleValue" in value:
+            return float(value["doubleValue"])
+        if "boundedValue" in value:
+            return float(value["boundedValue"]["value"])
+    return float("nan")
+
+
+def _latest_push(config: PipelineConfig) -> Optional[str]:
+    base = pathlib.Path(config.serving_dir)
+    versions = sorted((p for p in base.glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+    return str(versions[-1]) if versions else None
+
+
+def format_report(report: dict) -> str:
+    lines = ["component                          state        seconds"]
+    for row in report.get("components", []):
+        lines.append(f"{row['component']:<35}{row['state']:<13}{row['seconds']:>7.1f}")
+    if "seconds" in report:
+        lines.append(f"{'total (wall)':<48}{report['seconds']:>7.1f}")
+    evaluation = report.get("evaluation")
+    if evaluation:
+        lines.append("")
+        lines.append(f"{'slice':<16}{'examples':>10}{'AUC':>8}{'logloss':>9}{'calibration':>13}")
+        for name, metrics in sorted(evaluation["slices"].items(), key=lambda kv: (kv[0] != "overall", kv[0])):
+            lines.append(f"{name:<16}{metrics.get('example_count', float('nan')):>10.0f}"
+                         f"{metrics.get('auc', float('nan')):>8.4f}{metrics.get('binary_crossentropy', float('nan')):>9.4f}"
+                         f"{metrics.get('calibration', float('nan')):>13.3f}")
+        lines.append("blessed: yes" if evaluation["blessed"] else
+                     "blessed: NO — not pushed:\n  " + "\n  ".join(evaluation["failures"]))
+    lines.append(f"pushed model: {report.get('pushed') or 'none'}")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str) -> None:
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    os.replace(tmp, target)

@@ -1,0 +1,91 @@
+"""The TFX Trainer's `run_fn` (Trainer(run_fn="llm4msr.trainer.run_fn.run_fn")) and the exported
+serving signatures.
+
+Signatures of the exported SavedModel:
+- `serving_default`: serialized `tf.Example` (raw features + both knowledge vectors) -> `probability`;
+  the Transform graph runs inside, so clients send raw ids.
+- `predict_raw`: named raw tensors (`user_id`, `item_id`, `scenario` strings `[B]`, `user_knowledge`
+  and `scenario_knowledge` float32 `[B, dim]`) -> `probability`: what TF Serving clients call with
+  the knowledge embeddings as input features.
+- `transform_features`: serialized `tf.Example` -> transformed features (used by the Evaluator).
+"""
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
+
+from llm4msr.pipeline.components import FEATURES, LABEL, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.transform.preprocessing import ID_FEATURES, OOV_BUCKETS
+
+PREDICTION_KEY = "probability"
+RAW_SIGNATURE = "predict_raw"
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    from llm4msr.trainer.model import build_model, compile_for_training
+    from llm4msr.trainer.features import InputSpec
+
+    config = fn_args.custom_config
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    spec = input_spec(tft_output, len(config["scenarios"]))
+    batch_size = int(config.get("batch_size", 1024))
+    train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, batch_size, shuffle=True)
+    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, batch_size, shuffle=False)
+
+    model = build_model(config["model"], InputSpec.from_dict(spec))
+    trainable = compile_for_training(model, config["model"])
+    trainable.fit(train, validation_data=evaluation, epochs=int(config.get("epochs", 3)),
+                  callbacks=[tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=1,
+                                                              restore_best_weights=True)],
+                  verbose=2)
+    export(model, tft_output, fn_args.serving_model_dir)
+
+
+def input_spec(tft_output: tft.TFTransformOutput, num_scenarios: int) -> dict:
+    categorical = {name: tft_output.vocabulary_size_by_name(name) + OOV_BUCKETS for name in ID_FEATURES}
+    categorical["scenario"] = num_scenarios
+    shapes = tft_output.transformed_feature_spec()
+    return {"categorical": categorical, "dense": [],
+            "user_knowledge_dim": int(shapes[USER_KNOWLEDGE].shape[-1]),
+            "scenario_knowledge_dim": int(shapes[SCENARIO_KNOWLEDGE].shape[-1])}
+
+
+def _dataset(files, data_accessor, tft_output, batch_size: int, shuffle: bool) -> tf.data.Dataset:
+    options = tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL, num_epochs=1,
+                                             shuffle=shuffle, shuffle_buffer_size=100_000 if shuffle else 1)
+    return data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema).prefetch(2)
+
+
+def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) -> None:
+    """Saves `model` with the Transform graph and the three serving signatures."""
+    model.tft_layer = tft_output.transform_features_layer()  # tracked, so its assets are saved
+    raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != LABEL}
+    knowledge_dims = {name: raw_spec[name].shape[-1] for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE)}
+
+    def predict(raw_features):
+        return {PREDICTION_KEY: model(model.tft_layer(raw_features))}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(examples):
+        return predict(tf.io.parse_example(examples, raw_spec))
+
+    raw_signature = {name: tf.TensorSpec([None], tf.string, name=name) for name in FEATURES}
+    raw_signature.update({name: tf.TensorSpec([None, dim], tf.float32, name=name)
+                          for name, dim in knowledge_dims.items()})
+
+    @tf.function(input_signature=[raw_signature])
+    def serve_raw(features):
+        # the Transform graph was traced on parsed examples, whose scalar features are [B, 1]
+        return predict({name: tf.expand_dims(value, -1) if name in FEATURES else value
+                        for name, value in features.items()})
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(examples):
+        raw = tf.io.parse_example(examples, raw_spec)
+        return model.tft_layer(raw)
+
+    model.save(path, save_format="tf", signatures={
+        "serving_default": serve_examples,
+        RAW_SIGNATURE: serve_raw,
+        "transform_features": transform_features,
+    })
