@@ -1,0 +1,185 @@
+"""Scenario- and user-level prompts, built from the train split only (DATA_FORMAT.md, "Splits and
+leakage"), and trimmed to a token budget by dropping whole history items, oldest first."""
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence
+
+import pandas as pd
+
+from llm4msr.errors import UserFacingError
+from llm4msr.pipeline.data.canonical import Dataset
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, SCENARIO, USER
+from llm4msr.pipeline.knowledge.templates import Template
+
+# texts -> token counts (special tokens included), measured with the model's own tokenizer
+TokenCounter = Callable[[Sequence[str]], List[int]]
+
+
+class EmptyDatasetError(UserFacingError):
+    """The data set has no train interactions to build prompts from."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    level: str  # USER or SCENARIO
+    id: str
+    text: str
+    template_version: str
+    n_tokens: int
+
+    @property
+    def prompt_hash(self) -> str:
+        return prompt_hash(self.text)
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    scenario: str
+    liked: bool
+    text: str
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def build_prompts(dataset: Dataset, templates: Dict[str, Template], count_tokens: TokenCounter,
+                  budget: int) -> List[Prompt]:
+    """Every scenario, every user seen anywhere in the set (users without train history get the
+    cold-start prompt) and the `COLD_START_ID` row."""
+    train = train_split(dataset)
+    return (scenario_prompts(dataset, train, templates[SCENARIO], count_tokens)
+            + user_prompts(dataset, train, templates[USER], count_tokens, budget))
+
+
+def train_split(dataset: Dataset) -> pd.DataFrame:
+    train = dataset.split("train")
+    if train.empty:
+        raise EmptyDatasetError(f"the data set has no train interactions "
+                                f"({len(dataset.interactions)} interactions in all): nothing to build prompts from")
+    return train
+
+
+# -- scenario level ----------------------------------------------------------------------------
+def scenario_prompts(dataset: Dataset, train: pd.DataFrame, template: Template,
+                     count_tokens: TokenCounter) -> List[Prompt]:
+    texts = [scenario_prompt(dataset, train, template, scenario.id) for scenario in dataset.scenarios]
+    return [Prompt(SCENARIO, s.id, text, template.version, n)
+            for s, text, n in zip(dataset.scenarios, texts, count_tokens(texts))]
+
+
+def scenario_prompt(dataset: Dataset, train: pd.DataFrame, template: Template, scenario_id: str) -> str:
+    scenario = next(s for s in dataset.scenarios if s.id == scenario_id)
+    others = template.setting("other_separator", "; ").join(
+        template.render("other", name=o.name, description=o.description)
+        for o in dataset.scenarios if o.id != scenario_id)
+    return template.render("prompt", n_scenarios=len(dataset.scenarios), name=scenario.name,
+                           description=scenario.description, others=others or "none",
+                           **scenario_statistics(dataset, train, scenario_id, template.setting("top_categories", 5)))
+
+
+def scenario_statistics(dataset: Dataset, train: pd.DataFrame, scenario_id: str, top: int) -> dict:
+    rows = train[train["scenario"] == scenario_id]
+    categories = rows["item_id"].map(dataset.items.set_index("item_id")["categories"]).fillna("")
+    counts = categories.str.split("|").explode().loc[lambda c: c.str.strip() != ""].value_counts()
+    return {"users": rows["user_id"].nunique(), "items": rows["item_id"].nunique(),
+            "interactions": len(rows),
+            "positive_rate": f"{rows['label'].mean():.1%}" if len(rows) else "n/a",
+            "categories": ", ".join(counts.index[:int(top)]) or "none"}
+
+
+# -- user level --------------------------------------------------------------------------------
+def user_prompts(dataset: Dataset, train: pd.DataFrame, template: Template, count_tokens: TokenCounter,
+                 budget: int) -> List[Prompt]:
+    histories = user_histories(dataset, train, template)
+    attributes = user_attributes(dataset)
+    cold = template.render("cold_start")
+    cold_tokens = count_tokens([cold])[0]
+    prompts = [Prompt(USER, COLD_START_ID, cold, template.version, cold_tokens)]
+    for user in all_users(dataset):
+        history = histories.get(user)
+        if not history:
+            prompts.append(Prompt(USER, user, cold, template.version, cold_tokens))
+            continue
+        text, n_tokens = fit_to_budget(
+            lambda kept: user_prompt(dataset, template, attributes.get(user, ""), kept), history,
+            count_tokens, budget)
+        prompts.append(Prompt(USER, user, text, template.version, n_tokens))
+    return prompts
+
+
+def all_users(dataset: Dataset) -> List[str]:
+    users = set(dataset.interactions["user_id"])
+    if dataset.users is not None:
+        users |= set(dataset.users["user_id"])
+    return sorted(users, key=lambda u: (len(u), u))  # numeric-looking ids in numeric order
+
+
+def user_histories(dataset: Dataset, train: pd.DataFrame, template: Template) -> Dict[str, List[HistoryItem]]:
+    """Per user, the `max_items` most recent liked and disliked items of every scenario, newest
+    first across scenarios (the order in which trimming keeps them)."""
+    rows = train.assign(_order=range(len(train)))  # without timestamps, later rows are more recent
+    keys = ["timestamp", "_order"] if "timestamp" in rows.columns else ["_order"]
+    rows = rows.sort_values(keys, ascending=False, kind="stable")
+    rows = rows.groupby(["user_id", "scenario", "label"], sort=False).head(int(template.setting("max_items", 10)))
+    items = dataset.items.set_index("item_id")
+    titles, categories = rows["item_id"].map(items["title"]), rows["item_id"].map(items["categories"]).fillna("")
+    histories: Dict[str, List[HistoryItem]] = {}
+    for user, scenario, label, title, cats in zip(rows["user_id"], rows["scenario"], rows["label"], titles, categories):
+        histories.setdefault(user, []).append(HistoryItem(scenario, bool(label), item_text(template, title, cats)))
+    return histories
+
+
+def item_text(template: Template, title: str, categories: str) -> str:
+    names = ", ".join(c for c in str(categories).split("|") if c.strip())
+    if not names:
+        return template.render("item_without_categories", title=title)
+    return template.render("item", title=title, categories=names)
+
+
+def user_attributes(dataset: Dataset) -> Dict[str, str]:
+    if dataset.users is None:
+        return {}
+    columns = [c for c in dataset.users.columns if c != "user_id"]
+    described = {}
+    for row in dataset.users[["user_id", *columns]].itertuples(index=False):
+        parts = [f"{name}: {value}" for name, value in zip(columns, row[1:])
+                 if pd.notna(value) and str(value).strip()]
+        described[row[0]] = ", ".join(parts)
+    return described
+
+
+def user_prompt(dataset: Dataset, template: Template, attributes: str, kept: Sequence[HistoryItem]) -> str:
+    separator = template.setting("item_separator", "; ")
+    nothing = template.render("no_items")
+    lines = []
+    for scenario in dataset.scenarios:
+        liked = [h.text for h in kept if h.scenario == scenario.id and h.liked]
+        disliked = [h.text for h in kept if h.scenario == scenario.id and not h.liked]
+        lines.append(template.render("scenario", name=scenario.name,
+                                     liked=separator.join(liked) or nothing,
+                                     disliked=separator.join(disliked) or nothing))
+    described = template.render("attributes", attributes=attributes) if attributes else ""
+    return template.render("prompt", attributes=described, scenarios="\n".join(lines))
+
+
+def fit_to_budget(render: Callable[[Sequence[HistoryItem]], str], history: Sequence[HistoryItem],
+                  count_tokens: TokenCounter, budget: int):
+    """The prompt with the most recent `k` items, `k` as large as fits in `budget` tokens (binary
+    search: the token count grows with `k`). Returns (text, tokens)."""
+    text = render(history)
+    tokens = count_tokens([text])[0]
+    if tokens <= budget:
+        return text, tokens
+    best, low, high = None, 0, len(history) - 1
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = render(history[:middle])
+        n = count_tokens([candidate])[0]
+        if n <= budget:
+            best, low = (candidate, n), middle + 1
+        else:
+            high = middle - 1
+    if best is None:  # even without history the prompt overflows: the encoder truncates it
+        best = (render([]), count_tokens([render([])])[0])
+    return best
