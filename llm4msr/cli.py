@@ -10,6 +10,7 @@ from llm4msr.errors import UserFacingError
 COMMAND_MODULES = [
     "llm4msr.pipeline.data.cli",
     "llm4msr.pipeline.cli",
+    "llm4msr.pipeline.knowledge.cli",
 ]
 
 
