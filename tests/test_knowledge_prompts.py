@@ -1,0 +1,123 @@
+"""Prompt content: train split only, whole-item trimming (oldest first), cold start, templates."""
+import pandas as pd
+import pytest
+
+from llm4msr.pipeline.data import canonical
+from llm4msr.pipeline.data.prepare import prepare
+from llm4msr.pipeline.knowledge import prompts as P
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, SCENARIO, USER
+from llm4msr.pipeline.knowledge.llm import load_tokenizer, resolve_model, token_counter
+from llm4msr.pipeline.knowledge.templates import DEFAULT_DIR, TemplateError, load_templates
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_movielens, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare("movielens-latest-small", out, data_dir=tiny_movielens, download=False)
+    return canonical.read_dataset(out)
+
+
+@pytest.fixture(scope="module")
+def count():
+    return token_counter(load_tokenizer(resolve_model("minilm")))
+
+
+def words(texts):  # a tokenizer stand-in: one token per word
+    return [len(t.split()) for t in texts]
+
+
+def by_id(prompts, level):
+    return {p.id: p for p in prompts if p.level == level}
+
+
+def test_user_prompts_use_only_train_items(dataset, count):
+    users = by_id(P.build_prompts(dataset, load_templates(), count, 10_000), USER)  # no trimming
+    titles = dataset.items.set_index("item_id")["title"]
+    checked = 0
+    for user, rows in dataset.interactions.groupby("user_id"):
+        train_items = set(rows.loc[rows["split"] == "train", "item_id"])
+        held_out = set(rows.loc[rows["split"] != "train", "item_id"]) - train_items
+        train_titles = {titles[i] for i in train_items}
+        for item in held_out:
+            title = titles[item]
+            if not any(title in t for t in train_titles):  # a substring of a train title proves nothing
+                assert title not in users[user].text, (user, title)
+                checked += 1
+    assert checked > 50
+    # and the user's newest liked train item is there
+    newest = dataset.split("train").sort_values("timestamp").groupby("user_id").last()
+    assert titles[newest.loc["2", "item_id"]] in users["2"].text
+
+
+def test_scenario_statistics_count_train_only(dataset, count):
+    scenarios = by_id(P.build_prompts(dataset, load_templates(), count, 256), SCENARIO)
+    assert list(scenarios) == ["S0", "S1", "S2"]
+    train = dataset.split("train")
+    s0 = train[train["scenario"] == "S0"]
+    assert f"{len(s0)} interactions" in scenarios["S0"].text
+    all_s0 = int((dataset.interactions["scenario"] == "S0").sum())
+    assert all_s0 > len(s0) and f"{all_s0} interactions" not in scenarios["S0"].text
+    assert f"positive rate {s0['label'].mean():.1%}" in scenarios["S0"].text
+    assert '"light & family"' in scenarios["S0"].text and '"drama & other"' in scenarios["S0"].text
+
+
+def test_budget_trims_whole_items_oldest_first(dataset):
+    template = load_templates()[USER]
+    history = P.user_histories(dataset, dataset.split("train"), template)["2"]
+    assert len(history) > 5
+
+    def render(kept):
+        return P.user_prompt(dataset, template, "", kept)
+
+    full = words([render(history)])[0]
+    budget = full - 12
+    text, n = P.fit_to_budget(render, history, words, budget)
+    assert n <= budget and n == words([text])[0]
+    kept = next(k for k in range(len(history)) if render(history[:k]) == text)
+    assert words([render(history[:kept + 1])])[0] > budget  # as many items as fit
+    for item in history[:kept]:
+        assert item.text in text  # whole, newest items kept
+    for item in history[kept:]:
+        assert item.text not in text or any(item.text in h.text for h in history[:kept])
+
+
+def test_every_prompt_fits_the_model_budget(dataset, count):
+    prompts = P.build_prompts(dataset, load_templates(), count, 256)
+    assert max(p.n_tokens for p in prompts) <= 256
+    assert all(p.n_tokens == n for p, n in zip(prompts, count([p.text for p in prompts])))
+    assert sum(p.n_tokens > 200 for p in prompts) > 10  # the budget is actually used
+
+
+def test_cold_start_for_users_without_train_history(dataset, count):
+    extra = pd.DataFrame({"user_id": ["new"], "item_id": [dataset.items["item_id"].iloc[0]], "scenario": ["S0"],
+                          "label": [1], "timestamp": [2_000_000_000], "split": ["test"]})
+    grown = canonical.Dataset(pd.concat([dataset.interactions, extra], ignore_index=True), dataset.items,
+                              dataset.scenarios, pd.DataFrame({"user_id": ["2", "ghost"], "age": ["25", ""]}))
+    users = by_id(P.build_prompts(grown, load_templates(), count, 256), USER)
+    cold = users[COLD_START_ID].text
+    assert "nothing is known" in cold
+    assert users["new"].text == cold and users["ghost"].text == cold
+    assert users["2"].text != cold and "User attributes: age: 25." in users["2"].text
+    assert "attributes" not in users["3"].text
+
+
+def test_no_train_rows_is_a_clear_error(dataset, count):
+    only_test = dataset.interactions.assign(split="test")
+    empty = canonical.Dataset(only_test, dataset.items, dataset.scenarios)
+    with pytest.raises(P.EmptyDatasetError, match="no train interactions"):
+        P.build_prompts(empty, load_templates(), count, 256)
+
+
+def test_template_version_follows_content(tmp_path):
+    bundled = load_templates()
+    for level in ("user", "scenario"):
+        (tmp_path / f"{level}.tmpl").write_text((DEFAULT_DIR / f"{level}.tmpl").read_text())
+    assert {k: t.version for k, t in load_templates(tmp_path).items()} == {k: t.version for k, t in bundled.items()}
+    edited = (DEFAULT_DIR / "user.tmpl").read_text().replace("Question:", "Ask:")
+    (tmp_path / "user.tmpl").write_text(edited)
+    changed = load_templates(tmp_path)
+    assert changed["user"].version != bundled["user"].version
+    assert changed["scenario"].version == bundled["scenario"].version
+    (tmp_path / "user.tmpl").write_text("version: 1\n=== prompt ===\nhi\n")
+    with pytest.raises(TemplateError, match="missing section"):
+        load_templates(tmp_path)
