@@ -9,6 +9,7 @@ from llm4msr.errors import UserFacingError
 # module path -> the sub-command it adds
 COMMAND_MODULES = [
     "llm4msr.pipeline.data.cli",
+    "llm4msr.trainer.cli",
     "llm4msr.pipeline.cli",
     "llm4msr.pipeline.knowledge.cli",
 ]

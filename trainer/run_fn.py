@@ -22,8 +22,7 @@ RAW_SIGNATURE = "predict_raw"
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    from llm4msr.trainer.model import build_model, compile_for_training
-    from llm4msr.trainer.features import InputSpec
+    from llm4msr.trainer.model import compile_ranking_model
 
     config = fn_args.custom_config
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -32,13 +31,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, batch_size, shuffle=True)
     evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, batch_size, shuffle=False)
 
-    model = build_model(config["model"], InputSpec.from_dict(spec))
-    trainable = compile_for_training(model, config["model"])
-    trainable.fit(train, validation_data=evaluation, epochs=int(config.get("epochs", 3)),
+    ranking = compile_ranking_model(config["model"], spec)
+    ranking.fit(train, validation_data=evaluation, epochs=int(config.get("epochs", 3)),
                   callbacks=[tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=1,
                                                               restore_best_weights=True)],
                   verbose=2)
-    export(model, tft_output, fn_args.serving_model_dir)
+    export(ranking.model, tft_output, fn_args.serving_model_dir)
 
 
 def input_spec(tft_output: tft.TFTransformOutput, num_scenarios: int) -> dict:

@@ -1,0 +1,337 @@
+"""Public Keras layers: feature embedding, the LLM4MSR meta layers and per-scenario building blocks.
+
+Meta layers (../shared/docs/DESIGN.md, "Meta layers"): a frozen knowledge vector `k` is projected
+to a small `d_k` (`KnowledgeProjector`); a generator MLP turns it into per-example low-rank weights
+`W(k) = U(k) V(k)^T` and a bias `b(k)` (`MetaWeightGenerator`); `MetaDense` applies
+`y = act(x W(k) + b(k)) + x`. `UserMetaStack` sits at the bottom of a backbone (user knowledge),
+`ScenarioMetaTower` runs in parallel with it (scenario knowledge, optionally also user knowledge:
+the hierarchy) and returns a logit to add to the backbone's.
+
+Every layer is registered under the package name `llm4msr` and has `get_config`, so models that
+use them load with plain `tf.keras.models.load_model`. Use them in your own functional model::
+
+    from llm4msr.trainer.layers import UserMetaStack
+    x = UserMetaStack(num_layers=2, projection_dim=32, rank=4)([features, user_knowledge])
+"""
+from typing import Dict, Optional, Sequence
+
+import tensorflow as tf
+
+from llm4msr.trainer.features import as_vector
+
+serializable = tf.keras.utils.register_keras_serializable(package="llm4msr")
+
+
+@serializable
+class FeatureEmbedding(tf.keras.layers.Layer):
+    """Embeds each categorical feature (int64 index -> `embedding_dim` floats) and appends the dense
+    scalars: a dict of features -> `[B, len(vocab_sizes) * embedding_dim + len(dense_features)]`.
+    Features are taken in sorted name order, so the layout does not depend on dict order."""
+
+    def __init__(self, vocab_sizes: Dict[str, int], embedding_dim: int = 16,
+                 dense_features: Sequence[str] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_sizes = dict(sorted(vocab_sizes.items()))
+        self.embedding_dim = embedding_dim
+        self.dense_features = sorted(dense_features)
+        self.embeddings = {name: tf.keras.layers.Embedding(size, embedding_dim, name=f"embedding_{name}")
+                           for name, size in self.vocab_sizes.items()}
+
+    def call(self, features):
+        parts = [self.embeddings[name](as_vector(features[name])) for name in self.vocab_sizes]
+        if self.dense_features:
+            parts.append(tf.stack([tf.cast(as_vector(features[name]), self.compute_dtype)
+                                   for name in self.dense_features], axis=1))
+        return tf.concat(parts, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_sizes": self.vocab_sizes,
+                "embedding_dim": self.embedding_dim, "dense_features": self.dense_features}
+
+
+@serializable
+class MLP(tf.keras.layers.Layer):
+    """Dense layers with an activation and dropout after each; `[B, d] -> [B, units[-1]]`."""
+
+    def __init__(self, units: Sequence[int], activation: str = "relu", dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.activation, self.dropout = list(units), activation, dropout
+        self.dense_layers = [tf.keras.layers.Dense(u, activation=activation) for u in self.units]
+        self.dropouts = [tf.keras.layers.Dropout(dropout) for _ in self.units] if dropout else []
+
+    def call(self, x, training=None):
+        for index, dense in enumerate(self.dense_layers):
+            x = dense(x)
+            if self.dropouts:
+                x = self.dropouts[index](x, training=training)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation,
+                "dropout": self.dropout}
+
+
+# ---------------------------------------------------------------------------------------------
+# Meta layers
+
+@serializable
+class KnowledgeProjector(tf.keras.layers.Layer):
+    """Projects a frozen LLM knowledge vector `[B, d_llm]` to `[B, units]`. The vector is layer-
+    normalised first because hidden-state scales differ a lot between LLMs."""
+
+    def __init__(self, units: int = 32, activation: Optional[str] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.activation = units, activation
+        self.norm = tf.keras.layers.LayerNormalization()
+        self.dense = tf.keras.layers.Dense(units, activation=activation)
+
+    def call(self, knowledge):
+        return self.dense(self.norm(knowledge))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation}
+
+
+@serializable
+class MetaWeightGenerator(tf.keras.layers.Layer):
+    """Generates, per example, the low-rank factors of a `units x units` weight and a bias from the
+    projected knowledge `z`: `z -> (U [B, units, rank], V [B, units, rank], b [B, units])`, so that
+    `W(z) = U V^T`. The output heads start small, so a meta layer starts close to the identity
+    (its residual) and cannot destabilise the backbone early in training."""
+
+    def __init__(self, units: int, rank: int = 4, hidden_units: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.rank, self.hidden_units = units, rank, hidden_units
+        self.hidden = tf.keras.layers.Dense(hidden_units, activation="relu")
+        def head(width):
+            small = tf.keras.initializers.VarianceScaling(scale=0.1, mode="fan_in")
+            return tf.keras.layers.Dense(width, kernel_initializer=small)
+        self.u_head, self.v_head, self.b_head = head(units * rank), head(units * rank), head(units)
+
+    def call(self, z):
+        h = self.hidden(z)
+        shape = [-1, self.units, self.rank]
+        return tf.reshape(self.u_head(h), shape), tf.reshape(self.v_head(h), shape), self.b_head(h)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "rank": self.rank,
+                "hidden_units": self.hidden_units}
+
+
+def low_rank_apply(x, u, v, b, activation):
+    """`activation(x U V^T + b) + x` per example, without forming the `[B, d, d]` weight:
+    `x U` is `[B, rank]`, then `(x U) V^T` is `[B, d]`; O(B d r) work."""
+    xu = tf.einsum("bd,bdr->br", x, u)
+    return activation(tf.einsum("br,bdr->bd", xu, v) + b) + x
+
+
+@serializable
+class MetaDense(tf.keras.layers.Layer):
+    """A meta layer: `[x [B, d], z [B, d_k]] -> act(x W(z) + b(z)) + x`, with `W`, `b` generated per
+    example by its own `MetaWeightGenerator` (created at build time, once `d` is known)."""
+
+    def __init__(self, rank: int = 4, generator_units: int = 64, activation: str = "relu", **kwargs):
+        super().__init__(**kwargs)
+        self.rank, self.generator_units, self.activation = rank, generator_units, activation
+        self._activation = tf.keras.activations.get(activation)
+        self.generator = None
+
+    def build(self, input_shape):
+        width = int(input_shape[0][-1])
+        self.generator = MetaWeightGenerator(width, self.rank, self.generator_units, name="generator")
+        self.generator.build(input_shape[1])
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x, z = inputs
+        u, v, b = self.generator(z)
+        return low_rank_apply(x, u, v, b, self._activation)
+
+    def get_config(self):
+        return {**super().get_config(), "rank": self.rank, "generator_units": self.generator_units,
+                "activation": self.activation}
+
+
+def _meta_layers(count, rank, generator_units, activation):
+    return [MetaDense(rank, generator_units, activation, name=f"meta_dense_{i}") for i in range(count)]
+
+
+@serializable
+class UserMetaStack(tf.keras.layers.Layer):
+    """User-level meta layers at the bottom of a backbone: `[x, user_knowledge] -> x'` (same width),
+    personalising the input representation before the backbone sees it."""
+
+    def __init__(self, num_layers: int = 2, projection_dim: int = 32, rank: int = 4,
+                 generator_units: int = 64, activation: str = "relu", **kwargs):
+        super().__init__(**kwargs)
+        self.num_layers, self.projection_dim, self.rank = num_layers, projection_dim, rank
+        self.generator_units, self.activation = generator_units, activation
+        self.projector = KnowledgeProjector(projection_dim, name="user_projector")
+        self.meta_layers = _meta_layers(num_layers, rank, generator_units, activation)
+
+    def call(self, inputs):
+        x, knowledge = inputs
+        z = self.projector(knowledge)
+        for layer in self.meta_layers:
+            x = layer([x, z])
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "num_layers": self.num_layers, "projection_dim": self.projection_dim,
+                "rank": self.rank, "generator_units": self.generator_units, "activation": self.activation}
+
+
+@serializable
+class ScenarioMetaTower(tf.keras.layers.Layer):
+    """Scenario-level meta layers in parallel with a backbone: `[x, scenario_knowledge]` or, with
+    `hierarchical=True`, `[x, scenario_knowledge, user_knowledge]` -> a logit `[B, 1]` to add to the
+    backbone's. In the hierarchical form the generators see both projected vectors, so the
+    scenario-level weights are specialised per user too."""
+
+    def __init__(self, num_layers: int = 2, projection_dim: int = 32, rank: int = 4,
+                 generator_units: int = 64, hidden_units: Sequence[int] = (32,), hierarchical: bool = False,
+                 activation: str = "relu", dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_layers, self.projection_dim, self.rank = num_layers, projection_dim, rank
+        self.generator_units, self.hidden_units = generator_units, list(hidden_units)
+        self.hierarchical, self.activation, self.dropout = hierarchical, activation, dropout
+        self.scenario_projector = KnowledgeProjector(projection_dim, name="scenario_projector")
+        self.user_projector = KnowledgeProjector(projection_dim, name="user_projector") if hierarchical else None
+        self.meta_layers = _meta_layers(num_layers, rank, generator_units, activation)
+        self.mlp = MLP(self.hidden_units, activation, dropout, name="mlp")
+        self.logit = tf.keras.layers.Dense(1, name="logit")
+
+    def call(self, inputs, training=None):
+        x, scenario_knowledge = inputs[0], inputs[1]
+        z = self.scenario_projector(scenario_knowledge)
+        if self.hierarchical:
+            z = tf.concat([z, self.user_projector(inputs[2])], axis=1)
+        for layer in self.meta_layers:
+            x = layer([x, z])
+        return self.logit(self.mlp(x, training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "num_layers": self.num_layers, "projection_dim": self.projection_dim,
+                "rank": self.rank, "generator_units": self.generator_units, "hidden_units": self.hidden_units,
+                "hierarchical": self.hierarchical, "activation": self.activation, "dropout": self.dropout}
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-scenario and expert building blocks used by the backbones.
+#
+# Every example needs only its own scenario's parameters. On CPU with a handful of scenarios it is
+# fastest to run one GEMM for all scenarios (`x @ [W_0 | W_1 | ...]`) and pick the example's own
+# slice with a batched gather; gathering a `[B, d, units]` weight per example is much slower.
+# Variables holding one slice per scenario have `per_scenario` in their name and the scenario as
+# their leading axis (scenario-major), which the isolation tests rely on.
+
+def select_scenario(values, scenario, num_scenarios):
+    """`values [B, S * n, ...]` (scenario-major) -> the example's own `[B, n, ...]` slice."""
+    shape = tf.concat([[-1, num_scenarios, values.shape[1] // num_scenarios], tf.shape(values)[2:]], 0)
+    grouped = tf.reshape(values, shape)
+    return tf.gather(grouped, tf.cast(as_vector(scenario), tf.int32), axis=1, batch_dims=1)
+
+
+@serializable
+class ScenarioDense(tf.keras.layers.Layer):
+    """A dense layer with one kernel and bias per scenario: `[x [B, d], scenario [B]] -> [B, units]`,
+    each example through its own scenario's weights."""
+
+    def __init__(self, num_scenarios: int, units: int, activation: Optional[str] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_scenarios, self.units, self.activation = num_scenarios, units, activation
+        self._activation = tf.keras.activations.get(activation)
+
+    def build(self, input_shape):
+        width = int(input_shape[0][-1])
+        self.kernel = self.add_weight("per_scenario_kernel", [self.num_scenarios, width, self.units],
+                                      initializer=self.kernel_initializer())
+        self.bias = self.add_weight("per_scenario_bias", [self.num_scenarios, self.units], initializer="zeros")
+        super().build(input_shape)
+
+    def kernel_initializer(self):
+        return tf.keras.initializers.GlorotUniform()
+
+    def scenario_kernels(self):
+        """The effective `[S, d, units]` kernels (STAR overrides this)."""
+        return self.kernel
+
+    def scenario_biases(self):
+        return self.bias
+
+    def call(self, inputs):
+        x, scenario = inputs
+        kernels = self.scenario_kernels()
+        width = tf.shape(kernels)[1]
+        flat = tf.reshape(tf.transpose(kernels, [1, 0, 2]), [width, self.num_scenarios * self.units])
+        y = tf.reshape(tf.matmul(x, flat), [-1, self.num_scenarios, self.units])
+        index = tf.cast(as_vector(scenario), tf.int32)
+        y = tf.gather(y, index, axis=1, batch_dims=1) + tf.gather(self.scenario_biases(), index)
+        return self._activation(y)
+
+    def get_config(self):
+        return {**super().get_config(), "num_scenarios": self.num_scenarios, "units": self.units,
+                "activation": self.activation}
+
+
+@serializable
+class ScenarioTower(tf.keras.layers.Layer):
+    """One MLP tower per scenario ending in a logit: `[x, scenario] -> [B, 1]`."""
+
+    def __init__(self, num_scenarios: int, units: Sequence[int] = (32,), dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_scenarios, self.units, self.dropout = num_scenarios, list(units), dropout
+        self.hidden = [ScenarioDense(num_scenarios, u, "relu", name=f"tower_{i}") for i, u in enumerate(self.units)]
+        self.output_layer = ScenarioDense(num_scenarios, 1, name="tower_logit")
+        self.dropout_layer = tf.keras.layers.Dropout(dropout)
+
+    def call(self, inputs, training=None):
+        x, scenario = inputs
+        for layer in self.hidden:
+            x = self.dropout_layer(layer([x, scenario]), training=training)
+        return self.output_layer([x, scenario])
+
+    def get_config(self):
+        return {**super().get_config(), "num_scenarios": self.num_scenarios, "units": self.units,
+                "dropout": self.dropout}
+
+
+@serializable
+class ExpertBank(tf.keras.layers.Layer):
+    """`num_experts` independent MLPs on the same input: `[B, d] -> [B, num_experts, units[-1]]`.
+    The first layer of all experts is one GEMM; deeper layers are one batched einsum."""
+
+    def __init__(self, num_experts: int, units: Sequence[int] = (64,), activation: str = "relu",
+                 variable_prefix: str = "expert", **kwargs):
+        super().__init__(**kwargs)
+        self.num_experts, self.units, self.activation = num_experts, list(units), activation
+        self.variable_prefix = variable_prefix
+        self._activation = tf.keras.activations.get(activation)
+
+    def build(self, input_shape):
+        widths = [int(input_shape[-1])] + self.units
+        self.kernels, self.biases = [], []
+        for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+            self.kernels.append(self.add_weight(f"{self.variable_prefix}_kernel_{i}",
+                                                [self.num_experts, fan_in, fan_out], initializer="glorot_uniform"))
+            self.biases.append(self.add_weight(f"{self.variable_prefix}_bias_{i}", [self.num_experts, fan_out],
+                                               initializer="zeros"))
+        super().build(input_shape)
+
+    def call(self, x):
+        first, rest = self.kernels[0], self.kernels[1:]
+        flat = tf.reshape(tf.transpose(first, [1, 0, 2]), [tf.shape(first)[1], -1])
+        h = tf.reshape(tf.matmul(x, flat), [-1, self.num_experts, self.units[0]])
+        h = self._activation(h + self.biases[0])
+        for kernel, bias in zip(rest, self.biases[1:]):
+            h = self._activation(tf.einsum("bei,eio->beo", h, kernel) + bias)
+        return h
+
+    def get_config(self):
+        return {**super().get_config(), "num_experts": self.num_experts, "units": self.units,
+                "activation": self.activation, "variable_prefix": self.variable_prefix}
+
+
+def mix_experts(gate_logits, experts):
+    """Softmax gate `[B, E]` times expert outputs `[B, E, h]` -> `[B, h]`."""
+    return tf.einsum("be,beh->bh", tf.nn.softmax(gate_logits, axis=-1), experts)

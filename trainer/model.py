@@ -1,0 +1,178 @@
+"""The model factory: `ModelConfig` + `InputSpec` -> a Keras functional model, and `RankingModel`,
+the trainable `tfrs.Model` around it.
+
+    embeddings ─> [UserMetaStack(user_knowledge)] ─> [DCN Cross] ─┬─> backbone ──────────┐
+                                                                  └─> [ScenarioMetaTower] ─┴─ + ─> sigmoid
+
+`build_model` returns a plain functional `tf.keras.Model` (dict of features -> click probability
+`[B, 1]`, output name `probability`): save it with `model.save(path)` (SavedModel) or
+`model.save("m.keras")` and load it with `tf.keras.models.load_model(path)` after importing
+`llm4msr.trainer` (which registers the layers). Reuse parts in your own functional model:
+
+    from llm4msr.trainer import backbones, layers
+    x = layers.FeatureEmbedding({"user_id": 100, "scenario": 3}, 16)(my_inputs)
+    x = layers.UserMetaStack(num_layers=1)([x, my_inputs["user_knowledge"]])
+    logit = backbones.BACKBONES["star"](num_scenarios=3)([x, my_inputs["scenario"]])
+"""
+from dataclasses import asdict, dataclass, field, fields
+from typing import List, Mapping, Union
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from llm4msr.trainer.backbones import BACKBONES, make_backbone
+from llm4msr.trainer.features import (SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec, fail,
+                                      require_positive)
+from llm4msr.trainer.layers import FeatureEmbedding, ScenarioMetaTower, UserMetaStack
+
+KNOWLEDGE_MODES = ("none", "user", "scenario", "both")
+LABEL = "label"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "dnn"
+    embedding_dim: int = 16
+    hidden_units: List[int] = field(default_factory=lambda: [128, 64])  # dnn, shared-bottom bottom, STAR FCN
+    tower_units: List[int] = field(default_factory=lambda: [32])  # per-scenario towers, STAR auxiliary net
+    num_experts: int = 4  # MMoE experts; PLE shared experts per level
+    scenario_experts: int = 1  # PLE experts per scenario per level
+    expert_units: List[int] = field(default_factory=lambda: [64])
+    ple_levels: int = 2
+    knowledge: str = "none"  # none | user | scenario | both
+    projection_dim: int = 32  # d_k
+    meta_rank: int = 4
+    meta_layers: int = 2
+    meta_generator_units: int = 64
+    meta_tower_units: List[int] = field(default_factory=lambda: [32])
+    cross_layers: int = 0  # tfrs DCN cross layers after the user meta stack
+    dropout: float = 0.0
+    learning_rate: float = 1e-3
+
+    def __post_init__(self):
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, value: Union["ModelConfig", Mapping, None]) -> "ModelConfig":
+        if isinstance(value, ModelConfig):
+            return value
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value or {}) - known)
+        if unknown:
+            fail("ModelConfig", unknown[0], f"unknown field (expected one of {sorted(known)})")
+        return cls(**(value or {}))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def uses_user_knowledge(self) -> bool:
+        return self.knowledge in ("user", "both")
+
+    @property
+    def uses_scenario_knowledge(self) -> bool:
+        return self.knowledge in ("scenario", "both")
+
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            fail("ModelConfig", "backbone", f"unknown backbone {self.backbone!r} (expected one of {sorted(BACKBONES)})")
+        if self.knowledge not in KNOWLEDGE_MODES:
+            fail("ModelConfig", "knowledge", f"unknown knowledge mode {self.knowledge!r} "
+                                             f"(expected one of {list(KNOWLEDGE_MODES)})")
+        for name in ("embedding_dim", "num_experts", "scenario_experts", "ple_levels", "projection_dim",
+                     "meta_rank", "meta_layers", "meta_generator_units"):
+            require_positive("ModelConfig", name, getattr(self, name))
+        require_positive("ModelConfig", "cross_layers", self.cross_layers, allow_zero=True)
+        for name in ("hidden_units", "tower_units", "expert_units", "meta_tower_units"):
+            units = getattr(self, name)
+            if not isinstance(units, (list, tuple)) or not units:
+                fail("ModelConfig", name, f"expected a non-empty list of layer sizes, got {units!r}")
+            for index, size in enumerate(units):
+                require_positive("ModelConfig", f"{name}[{index}]", size)
+        if not 0.0 <= self.dropout < 1.0:
+            fail("ModelConfig", "dropout", f"expected 0 <= dropout < 1, got {self.dropout!r}")
+        if not self.learning_rate > 0:
+            fail("ModelConfig", "learning_rate", f"expected a positive number, got {self.learning_rate!r}")
+
+    def check_inputs(self, spec: InputSpec) -> None:
+        """The knowledge mode needs the matching knowledge inputs."""
+        if self.uses_user_knowledge and not spec.user_knowledge_dim:
+            fail("InputSpec", "user_knowledge_dim", f"knowledge={self.knowledge!r} needs user knowledge vectors "
+                                                    f"(got width 0)")
+        if self.uses_scenario_knowledge and not spec.scenario_knowledge_dim:
+            fail("InputSpec", "scenario_knowledge_dim", f"knowledge={self.knowledge!r} needs scenario knowledge "
+                                                        f"vectors (got width 0)")
+
+
+def model_inputs(config: ModelConfig, spec: InputSpec) -> dict:
+    """The Keras inputs the model uses: features plus the knowledge its mode needs."""
+    inputs = spec.keras_inputs()
+    if not config.uses_user_knowledge:
+        inputs.pop(USER_KNOWLEDGE, None)
+    if not config.uses_scenario_knowledge:
+        inputs.pop(SCENARIO_KNOWLEDGE, None)
+    return inputs
+
+
+def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec, Mapping]) -> tf.keras.Model:
+    """Builds the functional model: dict of features -> click probability `[B, 1]`."""
+    config, spec = ModelConfig.from_dict(config), InputSpec.from_dict(input_spec)
+    config.check_inputs(spec)
+    inputs = model_inputs(config, spec)
+    features = {name: inputs[name] for name in [*spec.categorical, *spec.dense]}
+    x = FeatureEmbedding(spec.categorical, config.embedding_dim, spec.dense, name="features")(features)
+    meta = dict(projection_dim=config.projection_dim, rank=config.meta_rank,
+                generator_units=config.meta_generator_units)
+    if config.uses_user_knowledge:
+        x = UserMetaStack(config.meta_layers, name="user_meta", **meta)([x, inputs[USER_KNOWLEDGE]])
+    x0 = x
+    for index in range(config.cross_layers):
+        x = tfrs.layers.dcn.Cross(name=f"cross_{index}")(x0, x)
+    scenario = inputs[spec.scenario_feature]
+    logit = make_backbone(config, spec.num_scenarios)([x, scenario])
+    if config.uses_scenario_knowledge:
+        tower_inputs = [x, inputs[SCENARIO_KNOWLEDGE]]
+        if config.uses_user_knowledge:
+            tower_inputs.append(inputs[USER_KNOWLEDGE])  # the hierarchy: user-specialised scenario weights
+        tower = ScenarioMetaTower(config.meta_layers, hidden_units=config.meta_tower_units,
+                                  hierarchical=config.uses_user_knowledge, dropout=config.dropout,
+                                  name="scenario_meta", **meta)
+        logit = tf.keras.layers.Add(name="logit")([logit, tower(tower_inputs)])
+    probability = tf.keras.layers.Activation("sigmoid", name="probability")(logit)
+    return tf.keras.Model(inputs, probability, name=f"llm4msr_{config.backbone}_{config.knowledge}")
+
+
+class RankingModel(tfrs.Model):
+    """Trains a model from `build_model` with a `tfrs.tasks.Ranking` task (binary cross-entropy,
+    AUC metric). Batches are `(features, labels)` or a features dict holding `label_key`.
+    Metrics are computed on evaluation only (training stays fast); save `ranking_model.model`."""
+
+    def __init__(self, model: tf.keras.Model, label_key: str = LABEL, **kwargs):
+        super().__init__(**kwargs)
+        self.model, self.label_key = model, label_key
+        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.BinaryCrossentropy(),
+                                       metrics=[tf.keras.metrics.AUC(name="auc")])
+
+    def call(self, features, training=False):
+        return self.model(features, training=training)
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        if isinstance(inputs, (tuple, list)):
+            features, labels = inputs[0], inputs[1]
+        else:
+            features = {k: v for k, v in inputs.items() if k != self.label_key}
+            labels = inputs[self.label_key]
+        features = {name: features[name] for name in self.model.input_names}
+        predictions = self.model(features, training=training)
+        labels = tf.reshape(tf.cast(labels, predictions.dtype), [-1, 1])
+        return self.task(labels=labels, predictions=predictions, compute_metrics=not training)
+
+
+def compile_ranking_model(config: Union[ModelConfig, Mapping], input_spec, steps_per_execution: int = 1,
+                          **compile_kwargs) -> RankingModel:
+    """`build_model` + `RankingModel` + Adam at `config.learning_rate`, ready for `fit`."""
+    config = ModelConfig.from_dict(config)
+    ranking = RankingModel(build_model(config, input_spec))
+    ranking.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate),
+                    steps_per_execution=steps_per_execution, **compile_kwargs)
+    return ranking
