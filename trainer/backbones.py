@@ -7,7 +7,8 @@ Backbones plug in by name::
     class MyNet(Backbone):
         config_fields = ("hidden_units", "dropout")   # ModelConfig fields passed to __init__
         def __init__(self, num_scenarios, hidden_units=(64,), dropout=0.0, **kwargs): ...
-        def call(self, inputs, training=None): x, scenario = inputs; ...
+        @no_autograph
+    def call(self, inputs, training=None): x, scenario = inputs; ...
 
 after which `ModelConfig(backbone="my_net")` builds it. A built backbone is an ordinary layer, so it
 can also be used directly in a user's own functional model:
@@ -19,7 +20,7 @@ import tensorflow as tf
 
 from llm4msr.trainer.features import as_vector, fail
 from llm4msr.trainer.layers import (MLP, ExpertBank, ScenarioDense, ScenarioTower, mix_experts,
-                                    select_scenario, serializable)
+                                    no_autograph, select_scenario, serializable)
 
 BACKBONES: Dict[str, Type["Backbone"]] = {}
 
@@ -68,6 +69,7 @@ class DNN(Backbone):
         self.mlp = MLP(hidden_units, dropout=dropout, name="mlp")
         self.logit = tf.keras.layers.Dense(1, name="logit")
 
+    @no_autograph
     def call(self, inputs, training=None):
         return self.logit(self.mlp(inputs[0], training=training))
 
@@ -83,6 +85,7 @@ class SharedBottom(Backbone):
         self.bottom = MLP(hidden_units, dropout=dropout, name="bottom")
         self.towers = ScenarioTower(num_scenarios, tower_units, dropout, name="towers")
 
+    @no_autograph
     def call(self, inputs, training=None):
         x, scenario = inputs
         return self.towers([self.bottom(x, training=training), scenario], training=training)
@@ -100,6 +103,7 @@ class MMoE(Backbone):
         self.gates = ScenarioDense(num_scenarios, num_experts, name="gates")
         self.towers = ScenarioTower(num_scenarios, tower_units, dropout, name="towers")
 
+    @no_autograph
     def call(self, inputs, training=None):
         x, scenario = inputs
         mixed = mix_experts(self.gates([x, scenario]), self.experts(x))
@@ -125,6 +129,7 @@ class CGCLevel(tf.keras.layers.Layer):
         self.scenario_gate = ScenarioDense(num_scenarios, gate_width, name="scenario_gate")
         self.shared_gate = None if last else tf.keras.layers.Dense(gate_width, name="shared_gate")
 
+    @no_autograph
     def call(self, inputs):
         own, shared, scenario = inputs
         experts = tf.concat([select_scenario(self.specific(own), scenario, self.num_scenarios),
@@ -152,6 +157,7 @@ class PLE(Backbone):
                                 last=i == ple_levels - 1, name=f"cgc_{i}") for i in range(ple_levels)]
         self.towers = ScenarioTower(num_scenarios, tower_units, dropout, name="towers")
 
+    @no_autograph
     def call(self, inputs, training=None):
         x, scenario = inputs
         own = shared = x
@@ -183,6 +189,7 @@ class PartitionedNormalization(tf.keras.layers.Layer):
                                                trainable=False)
         super().build(input_shape)
 
+    @no_autograph
     def call(self, inputs, training=None):
         x, scenario = inputs
         index = tf.cast(as_vector(scenario), tf.int32)
@@ -248,6 +255,7 @@ class STAR(Backbone):
         self.auxiliary = MLP(tower_units, dropout=dropout, name="auxiliary")
         self.auxiliary_logit = tf.keras.layers.Dense(1, name="auxiliary_logit")
 
+    @no_autograph
     def call(self, inputs, training=None):
         x, scenario = inputs
         h = self.norm([x, scenario], training=training)

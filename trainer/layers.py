@@ -16,10 +16,18 @@ use them load with plain `tf.keras.models.load_model`. Use them in your own func
 from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
+import tensorflow_recommenders as tfrs
 
 from llm4msr.trainer.features import as_vector
 
 serializable = tf.keras.utils.register_keras_serializable(package="llm4msr")
+# Keras runs subclassed layers' `call` through AutoGraph, which costs seconds per model build and
+# trace. These calls have no tensor-dependent Python control flow, so they skip the conversion.
+
+
+def no_autograph(call):
+    """`do_not_convert`, keeping `call`'s signature visible to Keras (it checks for `training`)."""
+    return tf.__internal__.decorator.make_decorator(call, tf.autograph.experimental.do_not_convert(call))
 
 
 @serializable
@@ -37,6 +45,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         self.embeddings = {name: tf.keras.layers.Embedding(size, embedding_dim, name=f"embedding_{name}")
                            for name, size in self.vocab_sizes.items()}
 
+    @no_autograph
     def call(self, features):
         parts = [self.embeddings[name](as_vector(features[name])) for name in self.vocab_sizes]
         if self.dense_features:
@@ -59,6 +68,7 @@ class MLP(tf.keras.layers.Layer):
         self.dense_layers = [tf.keras.layers.Dense(u, activation=activation) for u in self.units]
         self.dropouts = [tf.keras.layers.Dropout(dropout) for _ in self.units] if dropout else []
 
+    @no_autograph
     def call(self, x, training=None):
         for index, dense in enumerate(self.dense_layers):
             x = dense(x)
@@ -69,6 +79,15 @@ class MLP(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation,
                 "dropout": self.dropout}
+
+
+@serializable
+class Cross(tfrs.layers.dcn.Cross):
+    """TFRS's DCN cross layer `x0 * (W x + b) + x`, called without AutoGraph (see `no_autograph`)."""
+
+    @no_autograph
+    def call(self, x0, x=None):
+        return super().call(x0, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,6 +104,7 @@ class KnowledgeProjector(tf.keras.layers.Layer):
         self.norm = tf.keras.layers.LayerNormalization()
         self.dense = tf.keras.layers.Dense(units, activation=activation)
 
+    @no_autograph
     def call(self, knowledge):
         return self.dense(self.norm(knowledge))
 
@@ -108,6 +128,7 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
             return tf.keras.layers.Dense(width, kernel_initializer=small)
         self.u_head, self.v_head, self.b_head = head(units * rank), head(units * rank), head(units)
 
+    @no_autograph
     def call(self, z):
         h = self.hidden(z)
         shape = [-1, self.units, self.rank]
@@ -142,6 +163,7 @@ class MetaDense(tf.keras.layers.Layer):
         self.generator.build(input_shape[1])
         super().build(input_shape)
 
+    @no_autograph
     def call(self, inputs):
         x, z = inputs
         u, v, b = self.generator(z)
@@ -169,6 +191,7 @@ class UserMetaStack(tf.keras.layers.Layer):
         self.projector = KnowledgeProjector(projection_dim, name="user_projector")
         self.meta_layers = _meta_layers(num_layers, rank, generator_units, activation)
 
+    @no_autograph
     def call(self, inputs):
         x, knowledge = inputs
         z = self.projector(knowledge)
@@ -201,6 +224,7 @@ class ScenarioMetaTower(tf.keras.layers.Layer):
         self.mlp = MLP(self.hidden_units, activation, dropout, name="mlp")
         self.logit = tf.keras.layers.Dense(1, name="logit")
 
+    @no_autograph
     def call(self, inputs, training=None):
         x, scenario_knowledge = inputs[0], inputs[1]
         z = self.scenario_projector(scenario_knowledge)
@@ -259,6 +283,7 @@ class ScenarioDense(tf.keras.layers.Layer):
     def scenario_biases(self):
         return self.bias
 
+    @no_autograph
     def call(self, inputs):
         x, scenario = inputs
         kernels = self.scenario_kernels()
@@ -285,6 +310,7 @@ class ScenarioTower(tf.keras.layers.Layer):
         self.output_layer = ScenarioDense(num_scenarios, 1, name="tower_logit")
         self.dropout_layer = tf.keras.layers.Dropout(dropout)
 
+    @no_autograph
     def call(self, inputs, training=None):
         x, scenario = inputs
         for layer in self.hidden:
@@ -318,6 +344,7 @@ class ExpertBank(tf.keras.layers.Layer):
                                                initializer="zeros"))
         super().build(input_shape)
 
+    @no_autograph
     def call(self, x):
         first, rest = self.kernels[0], self.kernels[1:]
         flat = tf.reshape(tf.transpose(first, [1, 0, 2]), [tf.shape(first)[1], -1])

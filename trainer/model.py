@@ -23,7 +23,7 @@ import tensorflow_recommenders as tfrs
 from llm4msr.trainer.backbones import BACKBONES, make_backbone
 from llm4msr.trainer.features import (SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec, fail,
                                       require_positive)
-from llm4msr.trainer.layers import FeatureEmbedding, ScenarioMetaTower, UserMetaStack
+from llm4msr.trainer.layers import Cross, FeatureEmbedding, ScenarioMetaTower, UserMetaStack
 
 KNOWLEDGE_MODES = ("none", "user", "scenario", "both")
 LABEL = "label"
@@ -127,7 +127,7 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
         x = UserMetaStack(config.meta_layers, name="user_meta", **meta)([x, inputs[USER_KNOWLEDGE]])
     x0 = x
     for index in range(config.cross_layers):
-        x = tfrs.layers.dcn.Cross(name=f"cross_{index}")(x0, x)
+        x = Cross(name=f"cross_{index}")(x0, x)
     scenario = inputs[spec.scenario_feature]
     logit = make_backbone(config, spec.num_scenarios)([x, scenario])
     if config.uses_scenario_knowledge:

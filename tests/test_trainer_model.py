@@ -1,0 +1,204 @@
+"""The Keras model library: shapes, per-scenario isolation, meta-layer maths and gradients,
+save/load round trips, reuse in a user's own model, and config errors naming the field."""
+import numpy as np
+import pytest
+
+import llm4msr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from llm4msr.trainer import backbones, layers
+from llm4msr.trainer.features import ConfigError, InputSpec
+from llm4msr.trainer.model import KNOWLEDGE_MODES, ModelConfig, build_model
+
+SCENARIOS, BATCH, DIM = 3, 12, 10
+SPEC = InputSpec(categorical={"user_id": 20, "item_id": 30, "scenario": SCENARIOS}, dense=["year"],
+                 user_knowledge_dim=DIM, scenario_knowledge_dim=DIM)
+TINY = dict(embedding_dim=4, hidden_units=[8, 6], tower_units=[4], expert_units=[6], num_experts=2,
+            projection_dim=4, meta_rank=2, meta_layers=1, meta_generator_units=8, meta_tower_units=[4])
+MULTI_SCENARIO = ["shared_bottom", "mmoe", "ple", "star"]
+
+
+def features(seed=0, batch=BATCH):
+    rng = np.random.default_rng(seed)
+    return {"user_id": rng.integers(0, 20, batch), "item_id": rng.integers(0, 30, batch),
+            "scenario": np.arange(batch) % SCENARIOS, "year": rng.normal(size=batch).astype(np.float32),
+            "user_knowledge": rng.normal(size=(batch, DIM)).astype(np.float32),
+            "scenario_knowledge": rng.normal(size=(batch, DIM)).astype(np.float32)}
+
+
+def model_for(backbone, knowledge="none", **overrides):
+    tf.keras.utils.set_random_seed(1)
+    return build_model({**TINY, "backbone": backbone, "knowledge": knowledge, **overrides}, SPEC)
+
+
+def predict(model, batch):
+    return model({name: batch[name] for name in model.input_names}, training=False).numpy()
+
+
+@pytest.mark.parametrize("knowledge", KNOWLEDGE_MODES)
+@pytest.mark.parametrize("backbone", sorted(backbones.BACKBONES))
+def test_every_backbone_and_knowledge_mode_predicts_probabilities(backbone, knowledge):
+    model = model_for(backbone, knowledge)
+    batch = features()
+    out = predict(model, batch)
+    assert out.shape == (BATCH, 1) and out.dtype == np.float32
+    assert np.all((out > 0) & (out < 1))
+    # [B, 1] scalars, as parsed tf.Examples give them, produce the same predictions
+    column = {k: (v[:, None] if v.ndim == 1 else v) for k, v in batch.items()}
+    np.testing.assert_allclose(predict(model, column), out, rtol=1e-5)
+    expected_inputs = {"user_id", "item_id", "scenario", "year"}
+    expected_inputs |= {"user_knowledge"} if knowledge in ("user", "both") else set()
+    expected_inputs |= {"scenario_knowledge"} if knowledge in ("scenario", "both") else set()
+    assert set(model.input_names) == expected_inputs
+
+
+def test_dcn_cross_option_adds_a_tfrs_cross_layer():
+    model = model_for("dnn", "both", cross_layers=2)
+    crosses = [layer for layer in model.layers if layer.name.startswith("cross_")]
+    assert [layer.name for layer in crosses] == ["cross_0", "cross_1"]
+    assert all(isinstance(layer, tfrs.layers.dcn.Cross) for layer in crosses)
+    assert predict(model, features()).shape == (BATCH, 1)
+
+
+def _perturb_scenario(model, scenario):
+    """Adds noise to the `scenario` slice of every per-scenario variable; returns how many."""
+    rng, changed = np.random.default_rng(5), 0
+    for variable in model.variables:
+        if "per_scenario" in variable.name:
+            block = variable.shape[0] // SCENARIOS
+            value = variable.numpy()
+            value[scenario * block:(scenario + 1) * block] += np.abs(rng.normal(size=value[:block].shape)) + 0.5
+            variable.assign(value)
+            changed += 1
+    return changed
+
+
+@pytest.mark.parametrize("backbone,knowledge", [(b, "none") for b in MULTI_SCENARIO] + [("star", "both")])
+def test_examples_use_only_their_own_scenario_parameters(backbone, knowledge):
+    model = model_for(backbone, knowledge, ple_levels=2)
+    batch = features(batch=30)
+    before = predict(model, batch)
+    assert _perturb_scenario(model, scenario=1) >= 2
+    after = predict(model, batch)
+    own = batch["scenario"] == 1
+    np.testing.assert_array_equal(after[~own], before[~own])
+    assert np.abs(after[own] - before[own]).min() > 1e-6
+
+
+def test_star_training_statistics_are_per_scenario():
+    norm = backbones.PartitionedNormalization(2)
+    x = tf.constant([[1.0], [3.0], [100.0], [300.0]])
+    out = norm([x, tf.constant([0, 0, 1, 1])], training=True).numpy()
+    np.testing.assert_allclose(out[:, 0], [-1, 1, -1, 1], atol=1e-2)  # each scenario normalised alone
+    np.testing.assert_allclose(norm.moving_mean.numpy()[:, 0], [0.02, 2.0], rtol=1e-5)
+
+
+def test_meta_dense_equals_the_full_low_rank_weight():
+    rng = np.random.default_rng(0)
+    x, u, v, b = (rng.normal(size=s).astype(np.float32) for s in [(4, 5), (4, 5, 2), (4, 5, 2), (4, 5)])
+    out = layers.low_rank_apply(x, u, v, b, tf.nn.relu).numpy()
+    full = np.einsum("bdr,ber->bde", u, v)  # W = U V^T per example, [B, d, d]
+    expected = np.maximum(np.einsum("bd,bde->be", x, full) + b, 0) + x
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_meta_weights_depend_on_knowledge_and_start_near_identity():
+    layer = layers.MetaDense(rank=2, generator_units=8)
+    x = tf.random.normal([6, 5], seed=1)
+    z = tf.random.normal([6, 3], seed=2)
+    y = layer([x, z])
+    assert 0 < float(tf.reduce_max(tf.abs(y - x))) < 1.0  # residual dominates at initialisation
+    assert not np.allclose(layer([x, z]).numpy(), layer([x, z + 1.0]).numpy())
+
+
+def test_gradients_reach_the_generators_of_both_levels():
+    model = model_for("mmoe", "both")
+    batch = features()
+    with tf.GradientTape() as tape:
+        probability = model({name: batch[name] for name in model.input_names}, training=True)
+        loss = tf.keras.losses.binary_crossentropy(np.arange(BATCH)[:, None] % 2, probability)
+    variables = [v for v in model.trainable_variables if "generator" in v.name or "projector" in v.name]
+    gradients = tape.gradient(loss, variables)
+    names = {v.name.split("/")[0] for v in variables}
+    assert {"user_meta", "scenario_meta"} <= names
+    for variable, gradient in zip(variables, gradients):
+        assert gradient is not None and float(tf.norm(gradient)) > 0, variable.name
+
+
+@pytest.mark.parametrize("backbone", sorted(backbones.BACKBONES))
+def test_keras_format_round_trip_gives_identical_predictions(backbone, tmp_path):
+    model = model_for(backbone, "both", cross_layers=1 if backbone == "dnn" else 0)
+    batch = features()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = tf.keras.models.load_model(path)
+    np.testing.assert_array_equal(predict(loaded, batch), predict(model, batch))
+
+
+def test_saved_model_round_trip_gives_identical_predictions(tmp_path):
+    backbone = "star"
+    model = model_for(backbone, "both", cross_layers=1)
+    batch = features()
+    model.save(str(tmp_path / "saved"), save_format="tf")
+    loaded = tf.keras.models.load_model(str(tmp_path / "saved"))
+    np.testing.assert_allclose(predict(loaded, batch), predict(model, batch), rtol=1e-6, atol=1e-7)
+    assert isinstance(loaded.get_layer(backbone), backbones.BACKBONES[backbone])  # revived as our class
+
+
+def test_layers_and_backbones_compose_into_a_users_own_functional_model(tmp_path):
+    inputs = {"user_id": tf.keras.Input((), dtype=tf.int64, name="user_id"),
+              "scenario": tf.keras.Input((), dtype=tf.int64, name="scenario"),
+              "user_knowledge": tf.keras.Input((DIM,), name="user_knowledge")}
+    x = layers.FeatureEmbedding({"user_id": 20, "scenario": SCENARIOS}, 4)(
+        {k: inputs[k] for k in ("user_id", "scenario")})
+    x = layers.UserMetaStack(num_layers=1, projection_dim=4, rank=2)([x, inputs["user_knowledge"]])
+    logit = backbones.BACKBONES["star"](num_scenarios=SCENARIOS, hidden_units=[8])([x, inputs["scenario"]])
+    model = tf.keras.Model(inputs, tf.keras.layers.Activation("sigmoid")(logit))
+    batch = {k: v for k, v in features().items() if k in inputs}
+    model.save(str(tmp_path / "own.keras"))
+    loaded = tf.keras.models.load_model(str(tmp_path / "own.keras"))
+    np.testing.assert_array_equal(loaded(batch).numpy(), model(batch).numpy())
+
+
+@pytest.mark.parametrize("config,field", [
+    ({"backbone": "foo"}, "ModelConfig.backbone: unknown backbone 'foo'"),
+    ({"knowledge": "all"}, "ModelConfig.knowledge"),
+    ({"hidden_units": [8, 0]}, "ModelConfig.hidden_units[1]"),
+    ({"tower_units": []}, "ModelConfig.tower_units"),
+    ({"embedding_dim": 0}, "ModelConfig.embedding_dim"),
+    ({"meta_rank": 2.5}, "ModelConfig.meta_rank"),
+    ({"dropout": 1.0}, "ModelConfig.dropout"),
+    ({"hiden_units": [8]}, "ModelConfig.hiden_units: unknown field"),
+])
+def test_malformed_model_configs_name_the_field(config, field):
+    with pytest.raises(ConfigError) as error:
+        build_model(config, SPEC)
+    assert field in str(error.value)
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"categorical": {"user_id": 5}}, "InputSpec.scenario_feature"),
+    ({"categorical": {"scenario": 0}}, "InputSpec.categorical['scenario']"),
+    ({"categorical": {"scenario": 2}, "dense": ["scenario"]}, "InputSpec.dense"),
+    ({"categorical": {"scenario": 2}, "user_knowledge_dim": -1}, "InputSpec.user_knowledge_dim"),
+])
+def test_malformed_input_specs_name_the_field(spec, field):
+    with pytest.raises(ConfigError) as error:
+        build_model({}, spec)
+    assert field in str(error.value)
+
+
+def test_knowledge_mode_without_knowledge_inputs_names_the_width():
+    spec = InputSpec(categorical={"scenario": 2}, user_knowledge_dim=0, scenario_knowledge_dim=4)
+    with pytest.raises(ConfigError, match=r"InputSpec\.user_knowledge_dim: knowledge='both'"):
+        build_model({"knowledge": "both"}, spec)
+    build_model({"knowledge": "scenario"}, spec)  # the scenario level alone is fine
+
+
+def test_knowledge_of_the_wrong_width_is_rejected_when_fed():
+    model = model_for("dnn", "user")
+    batch = features()
+    batch["user_knowledge"] = batch["user_knowledge"][:, :DIM - 2]
+    with pytest.raises(ValueError, match="user_knowledge|expected shape"):
+        predict(model, batch)
