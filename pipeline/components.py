@@ -92,8 +92,15 @@ def KnowledgeExtractor(
 
 def _beam_args(beam_pipeline: beam.Pipeline):
     """The pipeline's Beam options as command-line flags, for a nested Beam job."""
-    options = beam_pipeline.options.get_all_options(drop_default=True)
-    return [f"--{key}={value}" for key, value in options.items() if value is not None]
+    flags = []
+    for key, value in beam_pipeline.options.get_all_options(drop_default=True).items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            flags.append(f"--{key}")
+        else:
+            flags.extend(f"--{key}={item}" for item in (value if isinstance(value, list) else [value]))
+    return flags
 
 
 # -- KnowledgeJoiner -------------------------------------------------------------------------------

@@ -57,14 +57,21 @@ def collect_report(config: PipelineConfig) -> dict:
         return {"components": []}
     run = max(contexts, key=lambda c: c.create_time_since_epoch)
     executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.create_time_since_epoch)
+    node_type = _type_id(store, "node")
     rows = []
     for execution in executions:
-        name = execution.properties["component_id"].string_value if "component_id" in execution.properties \
-            else execution.custom_properties.get("component_id", metadata_store_pb2.Value()).string_value
+        nodes = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
+        name = nodes[0].split(".", 1)[-1] if nodes else ""  # node contexts are "<pipeline>.<component id>"
         state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
         seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
         rows.append({"component": name or str(execution.type_id), "state": state, "seconds": seconds})
-    return {"components": rows, "evaluation": _latest_evaluation(config), "pushed": _latest_push(config)}
+    return {"components": rows, "evaluation": _latest_evaluation(config, _scenario_ids(config)),
+            "pushed": _latest_push(config)}
+
+
+def _scenario_ids(config: PipelineConfig) -> List[str]:
+    document = json.loads((pathlib.Path(config.dataset_dir) / "scenarios.json").read_text())
+    return [scenario["id"] for scenario in document["scenarios"]]
 
 
 def _type_id(store, name: str) -> int:
@@ -77,35 +84,54 @@ def _latest_output(config: PipelineConfig, component: str, output: str) -> Optio
     return runs[-1] if runs else None
 
 
-def _latest_evaluation(config: PipelineConfig) -> Optional[dict]:
+def _latest_evaluation(config: PipelineConfig, scenario_ids: List[str]) -> Optional[dict]:
     import tensorflow_model_analysis as tfma
 
     uri = _latest_output(config, "Evaluator", "evaluation")
     if uri is None:
         return None
-    slices = _metrics_by_slice(tfma, uri)
+    slices = _metrics_by_slice(tfma, uri, scenario_ids)
     validation = tfma.load_validation_result(str(uri))
-    failures = [f"{_slice_name(f.slice_key)}: {fc.message}" for f in validation.metric_validations_per_slice
-                for fc in f.failures]
+    failures = [f"{_slice_name(f.slice_key, scenario_ids)}: {_failure(fc)}"
+                for f in validation.metric_validations_per_slice for fc in f.failures]
     return {"slices": slices, "blessed": bool(validation.validation_ok), "failures": failures}
 
 
-def _metrics_by_slice(tfma, uri) -> Dict[str, Dict[str, float]]:
+def _failure(failure) -> str:
+    """e.g. 'auc = 0.4812 fails lower_bound 0.55' (value threshold) or '... change ...' (vs. baseline)."""
+    value = failure.metric_value
+    number = value.double_value.value if value.HasField("double_value") else value
+    threshold = failure.metric_threshold
+    if failure.metric_key.is_diff:
+        bound = threshold.change_threshold.absolute.value
+        return (f"{failure.metric_key.name} changed by {number:+.4f} against the last blessed model "
+                f"(allowed: {bound:+.4f})")
+    bound = threshold.value_threshold.lower_bound.value
+    return f"{failure.metric_key.name} = {number:.4f} is below the floor {bound:.4f}"
+
+
+def _metrics_by_slice(tfma, uri, scenario_ids: List[str]) -> Dict[str, Dict[str, float]]:
     result = tfma.load_eval_result(str(uri))
     table = {}
     for slice_key, metrics in result.slicing_metrics:
         values = metrics.get("", {}).get("", {})
-        table[_slice_name(slice_key)] = {name: _scalar(value) for name, value in values.items()}
+        table[_slice_name(slice_key, scenario_ids)] = {name: _scalar(value) for name, value in values.items()}
     return table
 
 
-def _slice_name(slice_key) -> str:
+def _slice_name(slice_key, scenario_ids: List[str]) -> str:
+    """'overall' or the scenario id; the Evaluator slices on the transformed scenario index."""
     if not slice_key:
         return "overall"
-    if hasattr(slice_key, "single_slice_keys"):
-        slice_key = [(k.column, k.bytes_value.decode() or k.int64_value) for k in slice_key.single_slice_keys]
-    return ", ".join(f"{column}={value.decode() if isinstance(value, bytes) else value}"
-                     for column, value in slice_key)
+    if hasattr(slice_key, "single_slice_keys"):  # a SlicingSpec proto from the validation result
+        slice_key = [(k.column, k.bytes_value or k.int64_value) for k in slice_key.single_slice_keys]
+    names = []
+    for column, value in slice_key:
+        value = value.decode() if isinstance(value, bytes) else value
+        if column == "scenario" and isinstance(value, int) and 0 <= value < len(scenario_ids):
+            value = scenario_ids[value]
+        names.append(f"{column}={value}")
+    return ", ".join(names)
 
 
 def _scalar(value) -> float:

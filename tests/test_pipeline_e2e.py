@@ -1,0 +1,161 @@
+"""The real TFX pipeline end to end on the tiny MovieLens fixture (LocalDagRunner, Beam, MiniLM).
+
+One pipeline root is shared by the tests of this module, in order: the first run trains, blesses
+and pushes; the later runs reuse its cached components (as a user's rerun would) and change one
+thing each: an AUC floor no model can reach, then a curated schema the data violate.
+"""
+import glob
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from llm4msr.errors import UserFacingError
+from llm4msr.pipeline import runner
+from llm4msr.pipeline.config import PipelineConfig
+from llm4msr.pipeline.data.prepare import prepare
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
+
+IN_MEMORY = ["--direct_running_mode=in_memory"]  # the tiny fixture does not pay for worker processes
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_movielens):
+    root = tmp_path_factory.mktemp("pipeline")
+    prepare("movielens-latest-small", root / "data", data_dir=tiny_movielens, download=False)
+    return root
+
+
+def _config(workspace, **overrides) -> PipelineConfig:
+    values = dict(dataset_dir=str(workspace / "data"), root=str(workspace / "run"),
+                  serving_dir=str(workspace / "serving"), knowledge_cache_dir=str(workspace / "cache"),
+                  train_epochs=2, batch_size=256, beam_args=IN_MEMORY,
+                  auc_floor=0.0)  # S2 has ~25 test examples here: its AUC is noise, the floor test is below
+    values.update(overrides)
+    return PipelineConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace):
+    return runner.run_local(_config(workspace))
+
+
+def _latest(workspace, component, output) -> pathlib.Path:
+    return runner._latest_output(_config(workspace), component, output)
+
+
+def _records(split_dir: pathlib.Path):
+    files = sorted(glob.glob(str(split_dir / "*.gz")))
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def test_every_component_ran_and_the_model_was_pushed(first_run):
+    states = {row["component"]: row["state"] for row in first_run["components"]}
+    for component in ("CanonicalExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "KnowledgeExtractor",
+                      "KnowledgeJoiner", "Transform", "Trainer", "Evaluator", "Pusher"):
+        assert states.get(component) == "COMPLETE", (component, states)
+    evaluation = first_run["evaluation"]
+    assert evaluation["blessed"], evaluation["failures"]
+    assert {"overall", "scenario=S0", "scenario=S1", "scenario=S2"} <= set(evaluation["slices"])
+    assert evaluation["slices"]["overall"]["auc"] > 0.5
+    assert first_run["pushed"] and (pathlib.Path(first_run["pushed"]) / "saved_model.pb").is_file()
+    assert (pathlib.Path(first_run["pushed"]) / "assets").is_dir()  # the Transform vocabularies travel along
+
+
+def test_knowledge_and_joined_examples(first_run, workspace):
+    knowledge = read_knowledge(_latest(workspace, "KnowledgeExtractor", "knowledge"))
+    assert len(knowledge.users) == 40 + 1 and COLD_START_ID in knowledge.users
+    assert sorted(knowledge.scenarios) == ["S0", "S1", "S2"] and knowledge.dim == 384
+    joined = _latest(workspace, "KnowledgeJoiner", "joined_examples")
+    examples = _records(joined / "Split-train")
+    source = _records(_latest(workspace, "CanonicalExampleGen", "examples") / "Split-train")
+    assert len(examples) == len(source) > 0
+    example = examples[0].features.feature
+    user = example["user_id"].bytes_list.value[0].decode()
+    scenario = example["scenario"].bytes_list.value[0].decode()
+    np.testing.assert_allclose(example["user_knowledge"].float_list.value, knowledge.user_vector(user), rtol=1e-6)
+    np.testing.assert_allclose(example["scenario_knowledge"].float_list.value,
+                               knowledge.scenario_vector(scenario), rtol=1e-6)
+    transformed = _records(_latest(workspace, "Transform", "transformed_examples") / "Split-eval")
+    assert transformed[0].features.feature["user_id"].int64_list.value[0] >= 0
+
+
+def test_the_three_signatures_answer_on_real_examples(first_run, workspace):
+    model = tf.saved_model.load(first_run["pushed"])
+    assert {"serving_default", "predict_raw", "transform_features"} <= set(model.signatures)
+    examples = _records(_latest(workspace, "KnowledgeJoiner", "joined_examples") / "Split-test")[:16]
+    serialized = tf.constant([e.SerializeToString() for e in examples])
+    from_examples = model.signatures["serving_default"](examples=serialized)["probability"].numpy()
+    assert from_examples.shape == (16, 1) and np.all((from_examples > 0) & (from_examples < 1))
+
+    def column(name):
+        return [e.features.feature[name].bytes_list.value[0] for e in examples]
+
+    raw = {name: tf.constant(column(name)) for name in ("user_id", "item_id", "scenario")}
+    for name in ("user_knowledge", "scenario_knowledge"):
+        raw[name] = tf.constant([list(e.features.feature[name].float_list.value) for e in examples], tf.float32)
+    from_raw = model.signatures["predict_raw"](**raw)["probability"].numpy()
+    np.testing.assert_allclose(from_raw, from_examples, rtol=1e-5)
+    transformed = model.signatures["transform_features"](examples=serialized)
+    assert transformed["scenario"].numpy().max() <= 2 and transformed["user_knowledge"].shape == (16, 384)
+
+
+def test_rerun_with_nothing_changed_is_cached(first_run, workspace):
+    again = runner.run_local(_config(workspace))
+    states = {row["component"]: row["state"] for row in again["components"]}
+    for component in ("CanonicalExampleGen", "KnowledgeExtractor", "KnowledgeJoiner", "Transform", "Trainer"):
+        assert states[component] == "CACHED", states
+
+
+def test_a_model_below_the_auc_floor_is_not_pushed(first_run, workspace):
+    pushed_before = sorted(os.listdir(workspace / "serving"))
+    report = runner.run_local(_config(workspace, auc_floor=0.99))
+    evaluation = report["evaluation"]
+    assert not evaluation["blessed"]
+    assert any("auc = " in failure and "is below the floor 0.9900" in failure
+               for failure in evaluation["failures"]), evaluation["failures"]
+    assert sorted(os.listdir(workspace / "serving")) == pushed_before
+    assert "blessed: NO" in runner.format_report(report)
+
+
+def test_data_violating_a_curated_schema_stops_before_training(first_run, workspace):
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx.utils import io_utils
+
+    schema = io_utils.SchemaReader().read(str(_latest(workspace, "SchemaGen", "schema") / "schema.pbtxt"))
+    scenario = next(f for f in schema.feature if f.name == "scenario")
+    scenario.ClearField("domain")
+    schema.string_domain.add(name="scenario_ids", value=["S0", "S1"])  # production knows two scenarios
+    scenario.domain = "scenario_ids"
+    curated = workspace / "curated" / "schema.pbtxt"
+    io_utils.write_pbtxt_file(str(curated), schema)
+    assert isinstance(schema, schema_pb2.Schema)
+    with pytest.raises(Exception) as caught:
+        runner.run_local(_config(workspace, schema_path=str(curated)))
+    message = "".join(str(e) for e in _chain(caught.value))
+    assert "the data violate the schema" in message and "scenario" in message, message
+
+
+def _chain(error):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def test_kubeflow_compile_lists_every_component(workspace, tmp_path):
+    output = tmp_path / "pipeline.json"
+    runner.compile_kubeflow(_config(workspace), str(output), image="example.org/llm4msr:test")
+    spec = json.loads(output.read_text())
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    for component in ("CanonicalExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "KnowledgeExtractor",
+                      "KnowledgeJoiner", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"):
+        assert any(name.startswith(component) for name in tasks), (component, sorted(tasks))
+    assert "example.org/llm4msr:test" in output.read_text()
+
+
+def test_missing_data_set_is_a_clear_error(tmp_path):
+    with pytest.raises(UserFacingError, match="no canonical data set"):
+        runner.run_local(PipelineConfig(dataset_dir=str(tmp_path / "nothing"), root=str(tmp_path / "run")))
