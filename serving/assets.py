@@ -1,0 +1,69 @@
+"""What a pushed version carries for serving, next to its SavedModel (called at push time):
+
+    <version>/assets.extra/knowledge/                the knowledge store of this version
+    <version>/assets.extra/tf_serving_warmup_requests PredictionLogs TF Serving replays at load
+"""
+import pathlib
+import shutil
+from typing import Iterable, Optional, Sequence, Tuple
+
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
+from llm4msr.serving.client import raw_request
+from llm4msr.serving.contract import (DEFAULT_SIGNATURE, ID_INPUTS, KNOWLEDGE_DIR, MODEL_NAME,
+                                      SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, WARMUP_FILE)
+from llm4msr.serving.knowledge_store import InMemoryKnowledgeStore
+
+Sample = Tuple[str, str, Sequence[str]]  # user id, scenario, candidate item ids
+
+
+def write_serving_assets(version_dir, knowledge_folder, item_ids: Sequence[str],
+                         samples: Optional[Iterable[Sample]] = None, model_name: str = MODEL_NAME) -> None:
+    """Copies the knowledge folder into the version and writes warmup requests: by default, for
+    the cold-start user in every scenario, `predict_raw` on `item_ids` and `serving_default` on
+    the first of them."""
+    version_dir = pathlib.Path(version_dir)
+    target = version_dir / KNOWLEDGE_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(knowledge_folder, target)
+    store = InMemoryKnowledgeStore.from_knowledge(read_knowledge(target))
+    if samples is None:
+        samples = [(COLD_START_ID, scenario, list(item_ids)) for scenario in sorted(store.scenarios)]
+    write_warmup(version_dir / WARMUP_FILE, store, list(samples), model_name)
+
+
+def write_warmup(path, store, samples: Sequence[Sample], model_name: str = MODEL_NAME) -> None:
+    logs = []
+    for user, scenario, items in samples:
+        user_vector, scenario_vector = store.user_vector(user), store.scenario_vector(scenario)
+        logs.append(raw_request(user, scenario, items, user_vector, scenario_vector, model_name))
+        logs.append(example_request(user, scenario, items[:1], user_vector, scenario_vector, model_name))
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for request in logs:
+            entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(entry.SerializeToString())
+
+
+def example(user_id: str, scenario: str, item_id: str, user_vector, scenario_vector) -> tf.train.Example:
+    """The tf.Example `serving_default` parses: the raw features plus both knowledge vectors."""
+    values = dict(zip(ID_INPUTS, (user_id, item_id, scenario)))
+    feature = {name: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+               for name, value in values.items()}
+    for name, vector in ((USER_KNOWLEDGE, user_vector), (SCENARIO_KNOWLEDGE, scenario_vector)):
+        feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=list(map(float, vector))))
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def example_request(user_id, scenario, item_ids, user_vector, scenario_vector,
+                    model_name: str = MODEL_NAME) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = DEFAULT_SIGNATURE
+    serialized = [example(user_id, scenario, item, user_vector, scenario_vector).SerializeToString()
+                  for item in item_ids]
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(serialized, tf.string))
+    return request

@@ -1,0 +1,31 @@
+"""The serving contract shared by the server, the client, the knowledge store and the tests.
+
+It mirrors `llm4msr.trainer.run_fn.export` (signature and tensor names) and the Pusher's layout:
+`<model_dir>/<version>/` is a SavedModel, with `assets.extra/knowledge/` (the knowledge store of
+that version) and `assets.extra/tf_serving_warmup_requests` (PredictionLogs replayed at load).
+The names are repeated here rather than imported so that serving does not import TFX.
+"""
+import pathlib
+from typing import Dict
+
+MODEL_NAME = "llm4msr"
+DEFAULT_MODEL_DIR = "runs/serving/llm4msr"  # PipelineConfig.serving_dir
+DEFAULT_SIGNATURE = "serving_default"  # serialized tf.Example -> probability
+RAW_SIGNATURE = "predict_raw"  # named raw tensors + knowledge vectors -> probability
+PREDICTION_KEY = "probability"
+ID_INPUTS = ("user_id", "item_id", "scenario")
+USER_KNOWLEDGE, SCENARIO_KNOWLEDGE = "user_knowledge", "scenario_knowledge"
+KNOWLEDGE_DIR = pathlib.Path("assets.extra") / "knowledge"
+WARMUP_FILE = pathlib.Path("assets.extra") / "tf_serving_warmup_requests"
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # 1 user x 10k candidates x 2 x 384 floats is ~30 MB
+DEFAULT_MAX_BATCH = 1024  # candidates per request; larger lists are split by the client
+
+
+def version_dirs(model_dir) -> Dict[int, pathlib.Path]:
+    """Integer-named sub-folders holding a SavedModel, as TF Serving's file system source sees them."""
+    root = pathlib.Path(model_dir)
+    if not root.is_dir():
+        return {}
+    return {int(p.name): p for p in root.iterdir()
+            if p.name.isdigit() and (p / "saved_model.pb").is_file()}

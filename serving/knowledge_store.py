@@ -1,0 +1,126 @@
+"""Knowledge vectors for serving: user id -> vector, scenario id -> vector, and the cold-start
+vector for users the extraction has not seen.
+
+The store travels with the model: every pushed version holds its knowledge folder in
+`<version>/assets.extra/knowledge/` (format: `llm4msr.pipeline.knowledge.artifact`), and
+`PushedKnowledgeStore` is the embedded, file-backed default built from it.
+
+To back it with Redis or a feature store, subclass `KnowledgeStore` and load the vectors of each
+pushed version under a versioned key prefix (`export_vectors` yields the key/value pairs):
+
+    class RedisKnowledgeStore(KnowledgeStore):
+        def __init__(self, redis, dim, version):
+            self.redis, self._dim, self.version = redis, dim, version
+
+        @property
+        def dim(self):
+            return self._dim
+
+        def user_vector(self, user_id):
+            raw = self.redis.get(key(self.version, "user", user_id)) or \\
+                  self.redis.get(key(self.version, "user", COLD_START_ID))
+            return np.frombuffer(raw, np.float32)
+
+        def scenario_vector(self, scenario):
+            return np.frombuffer(self.redis.get(key(self.version, "scenario", scenario)), np.float32)
+
+        def for_version(self, version):
+            return RedisKnowledgeStore(self.redis, self._dim, version)
+
+    # at push time: redis.mset(dict(export_vectors(read_knowledge(folder), version)))
+"""
+import abc
+import pathlib
+from typing import Iterator, Mapping, Optional, Tuple
+
+import numpy as np
+
+from llm4msr.errors import UserFacingError
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, Knowledge, read_knowledge
+from llm4msr.serving.contract import KNOWLEDGE_DIR, version_dirs
+
+
+class KnowledgeStore(abc.ABC):
+    """What the client needs to fill in a request's knowledge inputs."""
+
+    version: Optional[int] = None  # the model version these vectors belong to (None: any)
+
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """Width of every vector."""
+
+    @abc.abstractmethod
+    def user_vector(self, user_id: str) -> np.ndarray:
+        """float32 [dim]; the cold-start vector for an unknown user."""
+
+    @abc.abstractmethod
+    def scenario_vector(self, scenario: str) -> np.ndarray:
+        """float32 [dim]; raises UserFacingError for an unknown scenario."""
+
+    def for_version(self, version: int) -> "KnowledgeStore":
+        """The store matching another model version (a store not tied to versions returns itself)."""
+        return self
+
+
+class InMemoryKnowledgeStore(KnowledgeStore):
+    def __init__(self, users: Mapping[str, np.ndarray], scenarios: Mapping[str, np.ndarray],
+                 default_user: np.ndarray, version: Optional[int] = None):
+        self.users = {k: np.asarray(v, np.float32) for k, v in users.items()}
+        self.scenarios = {k: np.asarray(v, np.float32) for k, v in scenarios.items()}
+        self.default_user = np.asarray(default_user, np.float32)
+        self.version = version
+
+    @classmethod
+    def from_knowledge(cls, knowledge: Knowledge, version: Optional[int] = None) -> "InMemoryKnowledgeStore":
+        users = {k: r.vector for k, r in knowledge.users.items() if k != COLD_START_ID}
+        scenarios = {k: r.vector for k, r in knowledge.scenarios.items()}
+        return cls(users, scenarios, knowledge.default_user_vector, version)
+
+    @property
+    def dim(self) -> int:
+        return int(self.default_user.shape[0])
+
+    def user_vector(self, user_id: str) -> np.ndarray:
+        return self.users.get(user_id, self.default_user)
+
+    def scenario_vector(self, scenario: str) -> np.ndarray:
+        try:
+            return self.scenarios[scenario]
+        except KeyError:
+            raise UserFacingError(f"no knowledge for scenario {scenario!r} "
+                                  f"(known: {', '.join(sorted(self.scenarios))})") from None
+
+
+class PushedKnowledgeStore(InMemoryKnowledgeStore):
+    """The embedded default: the knowledge folder of one pushed version, loaded into memory."""
+
+    def __init__(self, model_dir, version: int):
+        folder = pathlib.Path(model_dir) / str(version) / KNOWLEDGE_DIR
+        if not folder.is_dir():
+            raise UserFacingError(f"{folder} is missing: version {version} was pushed without its knowledge store")
+        base = InMemoryKnowledgeStore.from_knowledge(read_knowledge(folder), version)
+        super().__init__(base.users, base.scenarios, base.default_user, version)
+        self.model_dir = pathlib.Path(model_dir)
+
+    @classmethod
+    def latest(cls, model_dir) -> "PushedKnowledgeStore":
+        versions = version_dirs(model_dir)
+        if not versions:
+            raise UserFacingError(f"no model version under {model_dir} (expected <version>/saved_model.pb)")
+        return cls(model_dir, max(versions))
+
+    def for_version(self, version: int) -> "PushedKnowledgeStore":
+        return self if version == self.version else PushedKnowledgeStore(self.model_dir, version)
+
+
+def key(version: int, level: str, item_id: str) -> str:
+    """The key layout for external key-value stores (Redis, a feature store's online table)."""
+    return f"llm4msr:{version}:{level}:{item_id}"
+
+
+def export_vectors(knowledge: Knowledge, version: int) -> Iterator[Tuple[str, bytes]]:
+    """Every vector of a knowledge folder as (key, float32 bytes), to load an external store."""
+    for level, records in (("user", knowledge.users), ("scenario", knowledge.scenarios)):
+        for item_id, record in records.items():
+            yield key(version, level, item_id), np.asarray(record.vector, np.float32).tobytes()

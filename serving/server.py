@@ -1,0 +1,363 @@
+"""A local TF-Serving-compatible gRPC server: the embedded default for development and tests.
+
+It implements `tensorflow.serving.PredictionService` (Predict, Classify, GetModelMetadata) and
+`ModelService` (GetModelStatus) with the official protos, for the SavedModel versions under one
+push folder, the way `tensorflow_model_server --model_base_path=<dir>` does:
+
+* the newest `num_versions` integer version folders are served; a request without a version gets
+  the newest; labels: `canary` = newest, `stable` = the one before it (the newest when alone);
+* a poller loads new versions completely (SavedModel + warmup replay of
+  `assets.extra/tf_serving_warmup_requests`) and then swaps one reference, so requests in flight
+  finish on the version they started with and none fails during a push; a version that fails to
+  load is retried at the next poll while the previous ones keep serving;
+* malformed requests get INVALID_ARGUMENT (NOT_FOUND for an unknown model or version) with a
+  message naming what is wrong, before the model runs.
+
+Classify accepts tf.Examples for a signature taking `examples` and returning `probability`
+(TF Serving itself requires a classify-method signature, which the export does not have) and
+answers with classes "0" and "1".
+"""
+import logging
+import pathlib
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
+                                     prediction_service_pb2_grpc)
+
+from llm4msr.serving.contract import (DEFAULT_MAX_BATCH, DEFAULT_SIGNATURE, MAX_MESSAGE_BYTES, MODEL_NAME,
+                                      PREDICTION_KEY, WARMUP_FILE, version_dirs)
+
+log = logging.getLogger(__name__)
+State = get_model_status_pb2.ModelVersionStatus.State
+
+
+class RequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+@dataclass(frozen=True)
+class Servable:
+    """One loaded version. `loaded` keeps the variables alive that the signature functions use."""
+    version: int
+    loaded: object
+    functions: Mapping[str, object]  # signature name -> concrete function
+    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
+    max_batch: int
+
+    @classmethod
+    def load(cls, path: pathlib.Path, version: int, max_batch: int) -> "Servable":
+        loaded = tf.saved_model.load(str(path))
+        saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+        defs = {name: sig for name, sig in saved.meta_graphs[0].signature_def.items() if not name.startswith("__")}
+        servable = cls(version, loaded, dict(loaded.signatures), defs, max_batch)
+        servable.warm_up(path / WARMUP_FILE)
+        return servable
+
+    def warm_up(self, path: pathlib.Path) -> int:
+        """Replays the recorded requests so the first real request does not pay for tracing."""
+        if not path.is_file():
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(str(path)):
+            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if entry.HasField("predict_log"):
+                request = entry.predict_log.request
+                self.predict(request.model_spec.signature_name, request.inputs, request.output_filter)
+            elif entry.HasField("classify_log"):
+                self.classify(entry.classify_log.request)
+            count += 1
+        return count
+
+    def predict(self, signature: str, inputs, output_filter=()) -> Dict[str, tf.Tensor]:
+        name = signature or DEFAULT_SIGNATURE
+        signature_def = self._signature_def(name)
+        arrays = check_inputs(name, signature_def, inputs, self.max_batch)
+        unknown = sorted(set(output_filter) - set(signature_def.outputs))
+        if unknown:
+            raise invalid(f"output_filter names {unknown}, not an output of signature {name!r} "
+                          f"(outputs: {sorted(signature_def.outputs)})")
+        outputs = run(self.functions[name], arrays)
+        return {k: v for k, v in outputs.items() if not output_filter or k in output_filter}
+
+    def classify(self, request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResult:
+        name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature_def = self._signature_def(name)
+        if set(signature_def.inputs) != {"examples"} or PREDICTION_KEY not in signature_def.outputs:
+            raise invalid(f"Classify needs a signature taking 'examples' and returning {PREDICTION_KEY!r}; "
+                          f"{name!r} takes {sorted(signature_def.inputs)}")
+        examples = serialized_examples(request.input)
+        if not examples:
+            raise invalid("Classify request has no examples (input.example_list is empty)")
+        if len(examples) > self.max_batch:
+            raise invalid(f"{len(examples)} examples, more than the maximum batch of {self.max_batch}")
+        probability = run(self.functions[name], {"examples": np.asarray(examples, object)})[PREDICTION_KEY]
+        result = classification_pb2.ClassificationResult()
+        for p in probability.numpy().reshape(-1):
+            result.classifications.add().classes.extend([classification_pb2.Class(label="0", score=1 - p),
+                                                         classification_pb2.Class(label="1", score=p)])
+        return result
+
+    def _signature_def(self, name: str) -> meta_graph_pb2.SignatureDef:
+        if name not in self.signature_defs:
+            raise invalid(f"unknown signature {name!r}; this model has {sorted(self.signature_defs)}")
+        return self.signature_defs[name]
+
+
+def run(function, arrays: Mapping[str, np.ndarray]) -> Dict[str, tf.Tensor]:
+    try:
+        return function(**arrays)
+    except tf.errors.InvalidArgumentError as error:  # e.g. the Transform graph's unknown-scenario assert
+        raise invalid(error.message.split("\n")[0]) from None
+
+
+def check_inputs(signature: str, signature_def, inputs, max_batch: int) -> Dict[str, np.ndarray]:
+    """The request's tensors as arrays, after checking names, dtypes, shapes and batch size."""
+    expected = signature_def.inputs
+    missing, unknown = sorted(set(expected) - set(inputs)), sorted(set(inputs) - set(expected))
+    if missing or unknown:
+        raise invalid(f"signature {signature!r} takes inputs {sorted(expected)}; "
+                      + "; ".join(filter(None, [missing and f"missing {missing}", unknown and f"unknown {unknown}"])))
+    arrays, batch = {}, None
+    for name, proto in inputs.items():
+        spec = expected[name]
+        if proto.dtype != spec.dtype:
+            raise invalid(f"input {name!r} has dtype {tf.dtypes.as_dtype(proto.dtype).name}, "
+                          f"signature {signature!r} expects {tf.dtypes.as_dtype(spec.dtype).name}")
+        try:
+            array = tf.make_ndarray(proto)
+        except Exception as error:
+            raise invalid(f"input {name!r} is not a valid tensor: {error}") from None
+        _check_shape(signature, name, array.shape, [d.size for d in spec.tensor_shape.dim])
+        if batch is not None and array.shape[0] != batch:
+            raise invalid(f"inputs have different batch sizes: {name!r} has {array.shape[0]} rows, others {batch}")
+        batch = array.shape[0]
+        arrays[name] = array
+    if batch is not None and batch > max_batch:
+        raise invalid(f"{batch} rows (candidates) in one request, more than the maximum batch of {max_batch}; "
+                      f"split the request")
+    return arrays
+
+
+def _check_shape(signature: str, name: str, shape, expected) -> None:
+    fits = len(shape) == len(expected) and all(e in (-1, s) for s, e in zip(shape, expected))
+    if not fits:
+        wanted = "[" + ", ".join("None" if e == -1 else str(e) for e in expected) + "]"
+        what = "knowledge width" if len(shape) == len(expected) == 2 else "shape"
+        raise invalid(f"input {name!r} has shape {list(shape)}, signature {signature!r} expects {wanted} "
+                      f"(wrong {what})")
+
+
+def serialized_examples(model_input) -> list:
+    """Classify/Regress `Input` (example_list or example_list_with_context) -> serialized tf.Examples."""
+    if model_input.HasField("example_list_with_context"):
+        listed = model_input.example_list_with_context
+        merged = []
+        for example in listed.examples:
+            full = tf.train.Example()
+            full.CopyFrom(listed.context)
+            full.MergeFrom(example)
+            merged.append(full.SerializeToString())
+        return merged
+    return [e.SerializeToString() for e in model_input.example_list.examples]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What is served at one moment; replaced as a whole, never mutated."""
+    servables: Mapping[int, Servable] = field(default_factory=dict)
+    labels: Mapping[str, int] = field(default_factory=dict)
+    loading: frozenset = frozenset()
+
+
+class ModelRegistry:
+    """The versions of one model under `model_dir`, kept up to date by `poll`."""
+
+    def __init__(self, model_dir, model_name: str = MODEL_NAME, num_versions: int = 2,
+                 max_batch: int = DEFAULT_MAX_BATCH, poll_seconds: float = 1.0):
+        self.model_dir, self.model_name = pathlib.Path(model_dir), model_name
+        self.num_versions, self.max_batch, self.poll_seconds = num_versions, max_batch, poll_seconds
+        self.snapshot = Snapshot()
+        self._failed = set()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def poll(self) -> bool:
+        """Loads new versions, drops versions beyond `num_versions` or gone from disk; True if changed."""
+        on_disk = version_dirs(self.model_dir)
+        current = self.snapshot.servables
+        wanted = sorted(on_disk, reverse=True)[:self.num_versions]
+        loaded = {v: s for v, s in current.items() if v in on_disk}
+        for version in (v for v in wanted if v not in current):
+            self._publish(loaded, loading={version})
+            servable = self._load(on_disk[version], version)
+            if servable is not None:
+                loaded[version] = servable
+        keep = dict(sorted(loaded.items(), reverse=True)[:self.num_versions])
+        changed = set(keep) != set(current)
+        self._publish(keep)
+        return changed
+
+    def _load(self, path: pathlib.Path, version: int) -> Optional[Servable]:
+        try:
+            servable = Servable.load(path, version, self.max_batch)
+        except Exception as error:  # a half-copied folder is retried at the next poll
+            if version not in self._failed:
+                log.warning("version %s of %s did not load (retrying): %s", version, self.model_name, error)
+                self._failed.add(version)
+            return None
+        self._failed.discard(version)
+        log.info("serving version %s of %s from %s", version, self.model_name, path)
+        return servable
+
+    def _publish(self, servables: Dict[int, Servable], loading=frozenset()) -> None:
+        versions = sorted(servables, reverse=True)
+        labels = {"canary": versions[0], "stable": versions[min(1, len(versions) - 1)]} if versions else {}
+        self.snapshot = Snapshot(dict(servables), labels, frozenset(loading))  # one reference swap
+
+    def start(self) -> "ModelRegistry":
+        self.poll()
+        self._thread = threading.Thread(target=self._poll_forever, name="llm4msr-version-poller", daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll_forever(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # the poller must outlive a bad folder listing
+                log.exception("polling %s failed", self.model_dir)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def resolve(self, spec) -> Servable:
+        """ModelSpec -> Servable, as TF Serving resolves name, version and version_label."""
+        snapshot = self.snapshot
+        if spec.name != self.model_name:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: model {spec.name!r} "
+                                                          f"(this server serves {self.model_name!r})")
+        if spec.HasField("version"):
+            version = spec.version.value
+        elif spec.version_label:
+            if spec.version_label not in snapshot.labels:
+                raise invalid(f"Unrecognized servable version label: {spec.version_label!r} "
+                              f"(labels: {sorted(snapshot.labels)})")
+            version = snapshot.labels[spec.version_label]
+        else:
+            version = max(snapshot.servables, default=None)
+        if version not in snapshot.servables:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: version {version} of "
+                                                          f"{self.model_name!r} (available: "
+                                                          f"{sorted(snapshot.servables) or 'none yet'})")
+        return snapshot.servables[version]
+
+
+def _answer(method):
+    """Maps request errors to gRPC status codes; anything else is INTERNAL with its message."""
+    def handler(self, request, context):
+        try:
+            return method(self, request, context)
+        except RequestError as error:
+            context.abort(error.code, str(error))
+        except Exception as error:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+    handler.__name__ = method.__name__
+    return handler
+
+
+def _response_spec(target, servable: Servable, spec, signature: str) -> None:
+    target.name = spec.name
+    target.version.value = servable.version
+    target.signature_name = signature
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+
+    @_answer
+    def Predict(self, request, context):
+        servable = self.registry.resolve(request.model_spec)
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        outputs = servable.predict(signature, request.inputs, request.output_filter)
+        response = predict_pb2.PredictResponse()
+        _response_spec(response.model_spec, servable, request.model_spec, signature)
+        for name, tensor in outputs.items():
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(tensor.numpy()))
+        return response
+
+    @_answer
+    def Classify(self, request, context):
+        servable = self.registry.resolve(request.model_spec)
+        response = classification_pb2.ClassificationResponse(result=servable.classify(request))
+        _response_spec(response.model_spec, servable, request.model_spec,
+                       request.model_spec.signature_name or DEFAULT_SIGNATURE)
+        return response
+
+    @_answer
+    def GetModelMetadata(self, request, context):
+        if list(request.metadata_field) != ["signature_def"]:
+            raise invalid(f"metadata_field must be ['signature_def'] (the only one supported), "
+                          f"got {list(request.metadata_field)}")
+        servable = self.registry.resolve(request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        _response_spec(response.model_spec, servable, request.model_spec, "")
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature_def in servable.signature_defs.items():
+            signatures.signature_def[name].CopyFrom(signature_def)
+        response.metadata["signature_def"].Pack(signatures)
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+
+    @_answer
+    def GetModelStatus(self, request, context):
+        spec = request.model_spec
+        if spec.name != self.registry.model_name:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name!r}")
+        snapshot = self.registry.snapshot
+        states = {**{v: State.LOADING for v in snapshot.loading}, **{v: State.AVAILABLE for v in snapshot.servables}}
+        if spec.HasField("version"):
+            if spec.version.value not in states:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of "
+                                                              f"model {spec.name!r}")
+            states = {spec.version.value: states[spec.version.value]}
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version, state in sorted(states.items()):
+            response.model_version_status.add(version=version, state=state)
+        return response
+
+
+def make_server(registry: ModelRegistry, host: str = "127.0.0.1", port: int = 8500, max_workers: int = 16):
+    """A started gRPC server (port 0 picks a free one) and the port it listens on."""
+    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="llm4msr-grpc"),
+                         options=options)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(registry), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if not bound:
+        raise OSError(f"cannot listen on {host}:{port}")
+    server.start()
+    return server, bound
