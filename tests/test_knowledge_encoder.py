@@ -85,13 +85,14 @@ def tiny_gpt2(tmp_path_factory):
     return build_tiny_gpt2(tmp_path_factory.mktemp("gpt2"))
 
 
-def build_tiny_gpt2(folder):
-    """A 2-layer GPT-2 with random weights and a word-level tokenizer trained here, offline."""
+def build_tiny_gpt2(folder, corpus=()):
+    """A 2-layer GPT-2 with random weights and a word-level tokenizer trained here, offline, on
+    `corpus` plus a few words (a vocabulary covering the prompts keeps [UNK] out of generations)."""
     import tensorflow as tf
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import GPT2Config, PreTrainedTokenizerFast, TFGPT2LMHeadModel
 
-    corpus = ["a user who liked action movies and disliked comedy", "question what does the user prefer",
+    corpus = [*corpus, "a user who liked action movies and disliked comedy", "question what does the user prefer",
               "scenario light family drama other nothing liked disliked recent history", "the of and in on"]
     words = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()

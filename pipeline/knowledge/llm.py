@@ -171,13 +171,17 @@ def file_digest(path: pathlib.Path) -> str:
 
 # -- tokenizer and backends --------------------------------------------------------------------
 def load_tokenizer(spec: ModelSpec):
+    return _tokenizer(spec.folder, spec.backend)
+
+
+def _tokenizer(folder: str, backend: str):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as error:
-        raise ModelError(f"{spec.folder}: cannot load the tokenizer ({error})") from None
-    if spec.backend == "causal-lm":
+        raise ModelError(f"{folder}: cannot load the tokenizer ({error})") from None
+    if backend == "causal-lm":
         tokenizer.padding_side = "left"  # generation continues every row at the same position
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -191,10 +195,42 @@ def token_counter(tokenizer):
     return count
 
 
-@functools.lru_cache(maxsize=1)
 def load_backend(spec: ModelSpec):
-    """One loaded model per process; kept across pipelines run in the same process."""
-    return (CausalLM if spec.backend == "causal-lm" else Encoder)(spec)
+    return (CausalLM if spec.backend == "causal-lm" else Encoder)(spec, *_loaded(spec.folder, spec.backend))
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(folder: str, backend: str):
+    """Tokenizer, model and traced forward pass, loaded once per process and kept across pipelines
+    (reruns, tests, benchmarks) and across specs that differ only in lengths."""
+    import tensorflow as tf
+    from transformers import TFAutoModel, TFAutoModelForCausalLM
+
+    causal = backend == "causal-lm"
+    try:
+        model = (TFAutoModelForCausalLM if causal else TFAutoModel).from_pretrained(folder)
+    except (OSError, ValueError, ImportError) as error:
+        raise ModelError(f"{folder}: cannot load the model as {backend} ({error})") from None
+    ids = tf.TensorSpec([None, None], tf.int32)
+    # one graph traced once for any batch and length: as fast as XLA on this CPU, no compile wait
+    forward = tf.function(functools.partial(_causal_pool if causal else _encoder_pool, model),
+                          input_signature=[ids, ids])
+    return _tokenizer(folder, backend), model, forward
+
+
+def _encoder_pool(model, input_ids, attention_mask):
+    hidden = model(input_ids=input_ids, attention_mask=attention_mask, training=False).last_hidden_state
+    return _masked_mean_l2(hidden, attention_mask)
+
+
+def _causal_pool(model, input_ids, attention_mask):
+    import tensorflow as tf
+
+    # left padding: positions count real tokens only, as during generation
+    positions = tf.math.cumsum(attention_mask, axis=-1, exclusive=True)
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                    output_hidden_states=True, training=False)
+    return _masked_mean_l2(outputs.hidden_states[-1], attention_mask)
 
 
 def _masked_mean_l2(hidden, mask):
@@ -207,19 +243,8 @@ def _masked_mean_l2(hidden, mask):
 
 
 class Encoder:
-    def __init__(self, spec: ModelSpec):
-        import tensorflow as tf
-        from transformers import TFAutoModel
-
-        self.spec, self.tokenizer = spec, load_tokenizer(spec)
-        self.model = _load(TFAutoModel, spec)
-        ids = tf.TensorSpec([None, None], tf.int32)
-        # one graph, traced once for any batch and length: as fast as XLA here, no compile wait
-        self._forward = tf.function(self._pool, input_signature=[ids, ids])
-
-    def _pool(self, input_ids, attention_mask):
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, training=False).last_hidden_state
-        return _masked_mean_l2(hidden, attention_mask)
+    def __init__(self, spec: ModelSpec, tokenizer, model, forward):
+        self.spec, self.tokenizer, self.model, self._forward = spec, tokenizer, model, forward
 
     def embed(self, texts: Sequence[str]) -> Tuple[np.ndarray, List[str]]:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.spec.max_length,
@@ -228,25 +253,7 @@ class Encoder:
         return vectors.numpy(), [""] * len(texts)
 
 
-class CausalLM:
-    def __init__(self, spec: ModelSpec):
-        import tensorflow as tf
-        from transformers import TFAutoModelForCausalLM
-
-        self.spec, self.tokenizer = spec, load_tokenizer(spec)
-        self.model = _load(TFAutoModelForCausalLM, spec)
-        ids = tf.TensorSpec([None, None], tf.int32)
-        self._forward = tf.function(self._pool, input_signature=[ids, ids])
-
-    def _pool(self, input_ids, attention_mask):
-        import tensorflow as tf
-
-        # left padding: positions count real tokens only, as during generation
-        positions = tf.math.cumsum(attention_mask, axis=-1, exclusive=True)
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                             output_hidden_states=True, training=False)
-        return _masked_mean_l2(outputs.hidden_states[-1], attention_mask)
-
+class CausalLM(Encoder):
     def embed(self, texts: Sequence[str]) -> Tuple[np.ndarray, List[str]]:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.spec.prompt_budget,
                                return_tensors="np")
@@ -268,10 +275,3 @@ def _until_first_eos(generated: np.ndarray, eos_id: Optional[int]) -> np.ndarray
         return np.ones_like(generated, dtype=np.int32)
     seen_before = np.cumsum(generated == eos_id, axis=1) - (generated == eos_id)
     return (seen_before == 0).astype(np.int32)
-
-
-def _load(auto_class, spec: ModelSpec):
-    try:
-        return auto_class.from_pretrained(spec.folder)
-    except (OSError, ValueError, ImportError) as error:
-        raise ModelError(f"{spec.folder}: cannot load the model as {spec.backend} ({error})") from None

@@ -1,0 +1,95 @@
+"""Knowledge extraction throughput: prompts/s and tokens/s of the full Beam job on the prompts of
+MovieLens latest-small (610 users + 3 scenarios + the cold-start row), MiniLM on TensorFlow, at
+several batch sizes with and without length bucketing, plus a fully cached rerun.
+
+    .venv/bin/python bench/bench_knowledge.py [--data /tmp/ml-small] [--batch-sizes 16,64,128]
+
+Inference figures (tokenisation + forward + cache write, model load excluded, as in the PyTorch
+reference table of ../shared/data/reference/README.md) come from the job's own counters; `e2e`
+is the whole call (read data, build prompts, Beam, write the artifact). The machine is shared:
+`uptime` is printed with the numbers.
+"""
+import argparse
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+
+from llm4msr.pipeline.knowledge import llm
+from llm4msr.pipeline.knowledge.extract import extract_knowledge
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE_TOKENS_PER_S = {16: 6124, 64: 5490, 128: 4834}  # sentence-transformers + torch, sorted batches
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="/tmp/ml-small", help="canonical ml-latest-small (prepared if missing)")
+    parser.add_argument("--batch-sizes", default="16,64,128")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args(argv)
+    data = ensure_data(pathlib.Path(args.data))
+    print(f"uptime before: {uptime()}")
+    warm_up()
+    rows = []
+    for bucketing in (True, False):
+        for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+            with tempfile.TemporaryDirectory() as scratch:
+                counts = run(data, scratch, batch_size, bucketing)
+                rows.append(row(batch_size, bucketing, counts))
+                print(format_row(rows[-1]), flush=True)
+                if len(rows) == 1:
+                    cached = run(data, scratch, batch_size, bucketing)
+                    assert cached["inferences"] == 0, cached
+                    print(f"fully cached rerun: {cached['prompts']} prompts, {cached['cache_hits']} cache hits, "
+                          f"0 inferences, {cached['seconds']:.2f} s end to end", flush=True)
+    print(f"uptime after: {uptime()}")
+    print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def ensure_data(folder: pathlib.Path) -> pathlib.Path:
+    if not (folder / "interactions.csv").exists():
+        from llm4msr.pipeline.data.prepare import prepare
+
+        prepare("movielens-latest-small", folder, data_dir=REPO.parent / "shared" / "data" / "ml-latest-small",
+                download=False)
+    return folder
+
+
+def warm_up() -> None:
+    """Loads the model and traces the forward pass once, outside every measurement."""
+    llm.load_backend(llm.resolve_model("minilm")).embed(["warm up"] * 4)
+
+
+def run(data, scratch, batch_size: int, bucketing: bool) -> dict:
+    return extract_knowledge(data, pathlib.Path(scratch) / "out", cache_dir=pathlib.Path(scratch) / "cache",
+                             batch_size=batch_size, bucket_by_length=bucketing, progress=False)
+
+
+def row(batch_size: int, bucketing: bool, counts: dict) -> dict:
+    seconds = counts["inference_seconds"]
+    return {"batch": batch_size, "bucketing": bucketing, "prompts": counts["inferences"], "tokens": counts["tokens"],
+            "inference_s": seconds, "prompts_per_s": counts["inferences"] / seconds,
+            "tokens_per_s": counts["tokens"] / seconds, "e2e_s": counts["seconds"],
+            "e2e_prompts_per_s": counts["prompts_per_second"], "reference_tokens_per_s": REFERENCE_TOKENS_PER_S.get(batch_size)}
+
+
+def format_row(r: dict) -> str:
+    versus = f" ({r['tokens_per_s'] / r['reference_tokens_per_s']:.2f}x reference)" if r["reference_tokens_per_s"] else ""
+    return (f"batch {r['batch']:>3} bucketing={'on ' if r['bucketing'] else 'off'}: {r['prompts']} prompts, "
+            f"{r['tokens']} tokens in {r['inference_s']:.1f} s -> {r['prompts_per_s']:.1f} prompts/s, "
+            f"{r['tokens_per_s']:,.0f} tokens/s{versus}; end to end {r['e2e_s']:.1f} s "
+            f"({r['e2e_prompts_per_s']:.1f} prompts/s)")
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

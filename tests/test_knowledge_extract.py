@@ -1,0 +1,169 @@
+"""The Beam extraction job: artifact, cache hits and misses, new users, resume after a failure,
+cache isolation between models and templates, the causal-LM path and the CLI."""
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llm4msr import cli
+from llm4msr.errors import UserFacingError
+from llm4msr.pipeline.data import canonical
+from llm4msr.pipeline.data.prepare import prepare
+from llm4msr.pipeline.knowledge import llm
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
+from llm4msr.pipeline.knowledge.extract import extract_knowledge
+from llm4msr.pipeline.knowledge.templates import DEFAULT_DIR
+from test_knowledge_encoder import build_tiny_gpt2
+
+SCENARIOS = 3
+
+
+@pytest.fixture(scope="module")
+def data(tiny_movielens, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare("movielens-latest-small", out, data_dir=tiny_movielens, download=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(data, tmp_path_factory):
+    """Six users of the tiny set: enough for batches, cheap to embed again and again."""
+    full = canonical.read_dataset(data)
+    keep = full.interactions["user_id"].isin(["2", "3", "5", "7", "9", "10"])
+    out = tmp_path_factory.mktemp("data") / "small"
+    canonical.write_dataset(canonical.Dataset(full.interactions[keep], full.items, full.scenarios), out)
+    return out
+
+
+def unique_prompts(folder) -> int:
+    knowledge = read_knowledge(folder)
+    return len({r.prompt_hash for r in [*knowledge.users.values(), *knowledge.scenarios.values()]})
+
+
+def run(data, out, cache, **options):
+    return extract_knowledge(data, out, cache_dir=cache, progress=False, **options)
+
+
+def test_two_runs_hit_the_cache_and_write_a_complete_artifact(data, tmp_path):
+    users = set(canonical.read_dataset(data).interactions["user_id"])
+    first = run(data, tmp_path / "k1", tmp_path / "cache", batch_size=16)
+    prompts = len(users) + SCENARIOS + 1  # + the cold-start row
+    assert first["prompts"] == prompts and first["cache_hits"] == 0
+    assert first["inferences"] == prompts  # every user of the fixture has train history
+    assert first["tokens"] > 100 * prompts
+    second = run(data, tmp_path / "k2", tmp_path / "cache", batch_size=64)
+    assert (second["cache_hits"], second["inferences"], second["tokens"]) == (prompts, 0, 0)
+
+    one, two = read_knowledge(tmp_path / "k1"), read_knowledge(tmp_path / "k2")
+    assert set(one.users) == users | {COLD_START_ID} and set(one.scenarios) == {"S0", "S1", "S2"}
+    assert one.dim == 384 and one.metadata["fingerprint"] == llm.resolve_model("minilm").fingerprint
+    assert one.metadata["counts"]["inferences"] == prompts
+    for user in users:
+        assert np.array_equal(one.users[user].vector, two.users[user].vector)
+        assert one.users[user].prompt == two.users[user].prompt
+        assert abs(np.linalg.norm(one.users[user].vector) - 1) < 1e-5
+    assert np.array_equal(one.user_vector("never-seen"), one.users[COLD_START_ID].vector)
+    # cached vectors are the model's: re-embed a few prompts directly
+    direct, _ = llm.load_backend(llm.resolve_model("minilm")).embed([one.users["2"].prompt, one.scenarios["S1"].prompt])
+    assert np.dot(direct[0], two.users["2"].vector) > 0.9999 and np.dot(direct[1], two.scenarios["S1"].vector) > 0.9999
+
+
+def test_new_users_cost_only_their_own_prompts(small, tmp_path):
+    full = canonical.read_dataset(small)
+    newcomers = ["2", "5"]
+    assert set(newcomers) <= set(full.split("train")["user_id"])
+    fewer = canonical.Dataset(full.interactions[~full.interactions["user_id"].isin(newcomers)], full.items,
+                              full.scenarios, full.users, full.manifest)
+    canonical.write_dataset(fewer, tmp_path / "fewer")
+    run(tmp_path / "fewer", tmp_path / "k1", tmp_path / "cache")
+    grown = run(small, tmp_path / "k2", tmp_path / "cache")
+    # the newcomers, plus the scenario prompts whose train statistics they changed
+    old, new = read_knowledge(tmp_path / "k1").scenarios, read_knowledge(tmp_path / "k2").scenarios
+    changed = sum(old[s].prompt != new[s].prompt for s in new)
+    assert changed >= 1
+    assert grown["inferences"] == len(newcomers) + changed
+    assert grown["cache_hits"] == grown["prompts"] - len(newcomers) - changed
+
+
+def test_killed_run_resumes_where_it_stopped(small, tmp_path, monkeypatch):
+    run(small, tmp_path / "out", tmp_path / "old-cache", batch_size=64)  # a previous good artifact
+    before = read_knowledge(tmp_path / "out")
+    (tmp_path / "out" / "marker").write_text("the previous artifact")
+    original, calls = llm.Encoder.embed, []
+
+    def failing_embed(self, texts):
+        calls.append(len(texts))
+        if len(calls) > 2:
+            raise RuntimeError("injected failure in batch 3")
+        return original(self, texts)
+
+    monkeypatch.setattr(llm.Encoder, "embed", failing_embed)
+    with pytest.raises(Exception, match="injected failure"):
+        run(small, tmp_path / "out", tmp_path / "cache", batch_size=2)
+    finished = sum(calls[:2])
+    assert finished == 4
+    assert (tmp_path / "out" / "marker").exists()  # the old artifact is untouched, never half-written
+    assert set(read_knowledge(tmp_path / "out").users) == set(before.users)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging left over
+
+    monkeypatch.setattr(llm.Encoder, "embed", original)
+    resumed = run(small, tmp_path / "out", tmp_path / "cache", batch_size=2)
+    assert resumed["inferences"] == resumed["prompts"] - finished
+    assert resumed["cache_hits"] == finished
+    assert set(read_knowledge(tmp_path / "out").users) == set(before.users)
+
+
+def test_cache_never_serves_another_template_or_model(small, tmp_path):
+    run(small, tmp_path / "k", tmp_path / "cache")
+    templates = tmp_path / "templates"
+    shutil.copytree(DEFAULT_DIR, templates)
+    user = templates / "user.tmpl"
+    user.write_text(user.read_text().replace("version: 1", "version: 2"))  # same wording, new version
+    changed = run(small, tmp_path / "k", tmp_path / "cache", templates=templates)
+    assert changed["inferences"] == changed["prompts"] - SCENARIOS and changed["cache_hits"] == SCENARIOS
+    shorter = run(small, tmp_path / "k", tmp_path / "cache", max_length=64)  # another model fingerprint
+    # (64 tokens hold hardly any history: users share prompts, each distinct prompt is embedded once)
+    assert shorter["cache_hits"] == 0 and shorter["inferences"] == unique_prompts(tmp_path / "k")
+    assert read_knowledge(tmp_path / "k").metadata["model"]["max_length"] == 64
+
+
+def test_causal_lm_generates_text_end_to_end(small, tmp_path):
+    items = pd.read_csv(small / "items.csv", dtype=str).fillna("")
+    corpus = [*items["title"], *items["categories"].str.replace("|", " "),
+              *(p.read_text() for p in DEFAULT_DIR.glob("*.tmpl"))]
+    model = build_tiny_gpt2(tmp_path / "gpt2", corpus)
+    first = run(small, tmp_path / "k", tmp_path / "cache", model=str(model), max_new_tokens=6, batch_size=4)
+    assert first["inferences"] == unique_prompts(tmp_path / "k") > 3
+    knowledge = read_knowledge(tmp_path / "k")
+    assert knowledge.dim == 32 and knowledge.metadata["model"]["backend"] == "causal-lm"
+    texts = [r.text for r in knowledge.users.values()] + [r.text for r in knowledge.scenarios.values()]
+    assert sum(bool(t) for t in texts) > len(texts) // 2
+    again = run(small, tmp_path / "k2", tmp_path / "cache", model=str(model), max_new_tokens=6)
+    assert again["inferences"] == 0
+    assert read_knowledge(tmp_path / "k2").users["2"].text == knowledge.users["2"].text  # texts are cached too
+
+
+def test_cli_extract_and_show(small, tmp_path, capsys):
+    data, out, cache = small, tmp_path / "k", tmp_path / "cache"
+    args = ["knowledge", "extract", "--data", str(data), "--out", str(out), "--cache-dir", str(cache), "--no-progress"]
+    assert cli.main(args) == 0
+    final = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "10 prompts, 0 cache hits, 10 inferences" in final and "prompts/s" in final
+    assert cli.main(["knowledge", "show", "--data", str(data), "--user", "2", "--knowledge", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "Question:" in shown and "norm 1.0000" in shown
+    assert cli.main(["knowledge", "show", "--data", str(data), "--scenario", "S2", "--cache-dir", str(cache)]) == 0
+    assert "vector from the cache" in capsys.readouterr().out
+
+
+def test_bad_input_is_reported_without_traceback(data, tmp_path, capsys):
+    assert cli.main(["knowledge", "extract", "--data", str(data), "--out", str(tmp_path / "k"), "--model", "gpt-9"]) == 2
+    assert "unknown model 'gpt-9'" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    shutil.copytree(data, empty)
+    header = (empty / "interactions.csv").read_text().splitlines()[0]
+    (empty / "interactions.csv").write_text(header + "\n")
+    with pytest.raises(UserFacingError, match="no data rows"):
+        extract_knowledge(empty, tmp_path / "k", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "k").exists()
