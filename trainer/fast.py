@@ -149,7 +149,7 @@ def train(data_dir, config: ModelConfig, knowledge_dir=None, seed: int = 0, epoc
                           epochs=epochs, callbacks=[stopper], verbose=verbose)
     train_seconds = time.time() - started
     test = splits["test"]
-    scores = ranking.model.predict(encoder.tf_dataset(test, batch_size).map(lambda f, _: f), verbose=0)
+    scores = ranking.predict(encoder.tf_dataset(test, batch_size), verbose=0)
     return {
         "data": str(data_dir), "backbone": config.backbone, "knowledge": config.knowledge, "seed": seed,
         "epochs": len(history.history["val_auc"]), "best_epoch": stopper.best_epoch + 1,

@@ -1,0 +1,98 @@
+"""`llm4msr train` end to end on the tiny MovieLens fixture, its knowledge errors, and the numpy
+metrics it reports."""
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss, roc_auc_score
+
+from llm4msr.cli import main
+from llm4msr.pipeline.data.prepare import prepare
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, KnowledgeRecord, write_knowledge
+from llm4msr.trainer import metrics
+from llm4msr.trainer.fast import Vocabulary
+
+METRICS = {"auc", "gauc", "logloss", "examples"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_movielens, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare("movielens-latest-small", out, data_dir=tiny_movielens, download=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_knowledge(tiny_data, tmp_path_factory):
+    """Random 8-wide vectors for all but the first few users (they get the cold-start vector)."""
+    rng = np.random.default_rng(0)
+    users = sorted({line.split(",")[0] for line in (tiny_data / "interactions.csv").read_text().splitlines()[1:]})
+    records = {u: KnowledgeRecord(u, rng.normal(size=8).astype(np.float32)) for u in [*users[3:], COLD_START_ID]}
+    scenarios = {s: KnowledgeRecord(s, rng.normal(size=8).astype(np.float32)) for s in ("S0", "S1", "S2")}
+    return write_knowledge(tmp_path_factory.mktemp("knowledge") / "k", records, scenarios, {"dim": 8})
+
+
+def run_train(tiny_data, tmp_path, *extra):
+    out = tmp_path / "result.json"
+    code = main(["train", "--data", str(tiny_data), "--backbone", "star", "--seed", "1", "--epochs", "2",
+                 "--batch-size", "256", "--out", str(out), *extra])
+    return code, (json.loads(out.read_text()) if out.exists() else None)
+
+
+@pytest.mark.parametrize("knowledge", ["none", "both"])
+def test_train_end_to_end_reports_test_metrics(tiny_data, tiny_knowledge, tmp_path, capsys, knowledge):
+    extra = ["--knowledge", knowledge] + (["--knowledge-dir", str(tiny_knowledge)] if knowledge != "none" else [])
+    code, result = run_train(tiny_data, tmp_path, *extra)
+    assert code == 0
+    assert result["knowledge"] == knowledge and result["backbone"] == "star"
+    assert 1 <= result["epochs"] <= 2 and result["train_seconds"] > 0
+    overall = result["test"]["overall"]
+    assert set(overall) == METRICS and overall["examples"] == 298  # the fixture's test split
+    assert 0 <= overall["auc"] <= 1 and 0 < overall["logloss"] < 5
+    assert sorted(result["test"]["scenarios"]) == ["S0", "S1", "S2"]
+    assert sum(s["examples"] for s in result["test"]["scenarios"].values()) == 298
+    assert result["input_spec"]["user_knowledge_dim"] == (8 if knowledge == "both" else 0)
+    assert "overall" in capsys.readouterr().out
+
+
+def test_knowledge_mode_without_knowledge_dir_fails_clearly(tiny_data, tmp_path, capsys):
+    code, result = run_train(tiny_data, tmp_path, "--knowledge", "user")
+    assert code == 2 and result is None
+    assert "--knowledge user needs knowledge vectors: pass --knowledge-dir" in capsys.readouterr().err
+
+
+def test_knowledge_dir_that_is_not_a_knowledge_folder_fails_clearly(tiny_data, tmp_path, capsys):
+    code, _ = run_train(tiny_data, tmp_path, "--knowledge", "scenario", "--knowledge-dir", str(tmp_path))
+    assert code == 2
+    assert "is not a knowledge folder" in capsys.readouterr().err
+
+
+def test_vocabulary_orders_by_train_frequency_and_maps_unknowns_to_zero():
+    vocabulary = Vocabulary(["b", "a", "b", "c", "a", "b"])
+    assert vocabulary.size == 4
+    assert vocabulary.lookup(["b", "a", "c", "zzz"]).tolist() == [1, 2, 3, 0]
+
+
+def test_auc_and_logloss_match_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.random(500), 2)  # rounded: ties must count one half
+    assert metrics.auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics.logloss(labels, scores) == pytest.approx(log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7)))
+    assert np.isnan(metrics.auc([1, 1], [0.2, 0.3]))
+
+
+def test_gauc_weights_users_by_impressions_and_skips_single_class_users():
+    labels = [1, 0, 0, 1, 0, 1, 1]
+    scores = [0.9, 0.1, 0.2, 0.8, 0.3, 0.5, 0.6]
+    users = ["a", "a", "b", "b", "b", "b", "c"]  # a: AUC 1 (2 rows), b: AUC 2/3*... , c: one class
+    expected_b = roc_auc_score([0, 1, 0, 1], [0.2, 0.8, 0.3, 0.5])
+    assert metrics.gauc(labels, scores, users) == pytest.approx((1.0 * 2 + expected_b * 4) / 6)
+
+
+def test_report_has_overall_and_per_scenario_slices():
+    report = metrics.report([1, 0, 1, 0], [0.9, 0.1, 0.2, 0.8], ["u", "u", "v", "v"], ["S1", "S1", "S0", "S0"],
+                            scenario_order=["S0", "S1", "S2"])
+    assert list(report["scenarios"]) == ["S0", "S1"]  # S2 has no rows
+    assert report["scenarios"]["S1"]["auc"] == 1.0 and report["scenarios"]["S0"]["auc"] == 0.0
+    assert report["overall"]["examples"] == 4
