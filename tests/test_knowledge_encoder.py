@@ -47,7 +47,7 @@ def test_fingerprint_identifies_model_and_settings(tmp_path):
 @pytest.mark.parametrize("model, message", [
     ("nope", "unknown model 'nope'"),
     ("/no/such/folder", "not found"),
-    ("llm4msr-test/no-such-model", "cannot fetch hub model"),
+    ("llm4msr-test/no-such-model", "fetching it as a hub model failed"),
 ])
 def test_bad_model_names(model, message):
     with pytest.raises(llm.ModelError, match=message):

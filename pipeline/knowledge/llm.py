@@ -102,8 +102,9 @@ def _from_hub(repo_id: str) -> pathlib.Path:
     try:
         return pathlib.Path(snapshot_download(repo_id))
     except Exception as error:  # offline, unknown repo, no access: all end here
-        raise ModelError(f"cannot fetch hub model {repo_id!r} ({type(error).__name__}); the hub may be "
-                         f"unreachable: download it elsewhere and pass its local folder") from None
+        raise ModelError(f"{repo_id!r} is not a local folder, and fetching it as a hub model failed "
+                         f"({type(error).__name__}; is the hub reachable?): download it elsewhere and pass "
+                         f"its local folder") from None
 
 
 def _check_folder(folder: pathlib.Path) -> None:
@@ -212,9 +213,10 @@ def _loaded(folder: str, backend: str):
     except (OSError, ValueError, ImportError) as error:
         raise ModelError(f"{folder}: cannot load the model as {backend} ({error})") from None
     ids = tf.TensorSpec([None, None], tf.int32)
-    # one graph traced once for any batch and length: as fast as XLA on this CPU, no compile wait
+    # one graph traced once for any batch and length: as fast as XLA on this CPU, no compile wait;
+    # no AutoGraph: the pooling is plain TF code, and conversion costs seconds per trace
     forward = tf.function(functools.partial(_causal_pool if causal else _encoder_pool, model),
-                          input_signature=[ids, ids])
+                          input_signature=[ids, ids], autograph=False)
     return _tokenizer(folder, backend), model, forward
 
 
