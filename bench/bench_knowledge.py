@@ -75,16 +75,19 @@ def row(batch_size: int, bucketing: bool, counts: dict) -> dict:
     seconds = counts["inference_seconds"]
     return {"batch": batch_size, "bucketing": bucketing, "prompts": counts["inferences"], "tokens": counts["tokens"],
             "inference_s": seconds, "prompts_per_s": counts["inferences"] / seconds,
-            "tokens_per_s": counts["tokens"] / seconds, "e2e_s": counts["seconds"],
-            "e2e_prompts_per_s": counts["prompts_per_second"], "reference_tokens_per_s": REFERENCE_TOKENS_PER_S.get(batch_size)}
+            "tokens_per_s": counts["tokens"] / seconds, "cpu_s": counts["inference_cpu_seconds"],
+            "tokens_per_cpu_s": counts["tokens"] / counts["inference_cpu_seconds"], "e2e_s": counts["seconds"],
+            "e2e_prompts_per_s": counts["prompts_per_second"],
+            "reference_tokens_per_s": REFERENCE_TOKENS_PER_S.get(batch_size)}
 
 
 def format_row(r: dict) -> str:
-    versus = f" ({r['tokens_per_s'] / r['reference_tokens_per_s']:.2f}x reference)" if r["reference_tokens_per_s"] else ""
+    reference = r["reference_tokens_per_s"]
+    versus = f" ({r['tokens_per_s'] / reference:.2f}x reference)" if reference else ""
     return (f"batch {r['batch']:>3} bucketing={'on ' if r['bucketing'] else 'off'}: {r['prompts']} prompts, "
             f"{r['tokens']} tokens in {r['inference_s']:.1f} s -> {r['prompts_per_s']:.1f} prompts/s, "
-            f"{r['tokens_per_s']:,.0f} tokens/s{versus}; end to end {r['e2e_s']:.1f} s "
-            f"({r['e2e_prompts_per_s']:.1f} prompts/s)")
+            f"{r['tokens_per_s']:,.0f} tokens/s{versus}; {r['tokens_per_cpu_s']:,.0f} tokens per CPU-second "
+            f"({r['cpu_s']:.1f} CPU-s); end to end {r['e2e_s']:.1f} s ({r['e2e_prompts_per_s']:.1f} prompts/s)")
 
 
 def uptime() -> str:

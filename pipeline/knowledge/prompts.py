@@ -165,21 +165,28 @@ def user_prompt(dataset: Dataset, template: Template, attributes: str, kept: Seq
 
 def fit_to_budget(render: Callable[[Sequence[HistoryItem]], str], history: Sequence[HistoryItem],
                   count_tokens: TokenCounter, budget: int):
-    """The prompt with the most recent `k` items, `k` as large as fits in `budget` tokens (binary
-    search: the token count grows with `k`). Returns (text, tokens)."""
-    text = render(history)
-    tokens = count_tokens([text])[0]
-    if tokens <= budget:
-        return text, tokens
-    best, low, high = None, 0, len(history) - 1
-    while low <= high:
-        middle = (low + high) // 2
-        candidate = render(history[:middle])
-        n = count_tokens([candidate])[0]
-        if n <= budget:
-            best, low = (candidate, n), middle + 1
-        else:
-            high = middle - 1
-    if best is None:  # even without history the prompt overflows: the encoder truncates it
-        best = (render([]), count_tokens([render([])])[0])
-    return best
+    """The prompt with the most recent `k` items, `k` as large as fits in `budget` tokens.
+    Returns (text, tokens). Per-item costs give a first `k` cheaply (long histories are never
+    tokenised whole); exact counts of the rendered prompt then settle it, so tokenizer quirks
+    cannot break the budget."""
+    base, specials, *items = count_tokens([render([]), "", *(h.text for h in history)])
+    keep, used = 0, base
+    for cost in items:  # + 1 for the separator; a scenario line's "nothing" is in `base`
+        if used + cost - specials + 1 > budget:
+            break
+        keep, used = keep + 1, used + cost - specials + 1
+
+    def exact(k):
+        rendered = render(history[:k])
+        return rendered, count_tokens([rendered])[0]
+
+    text, tokens = exact(keep)
+    while tokens > budget and keep > 0:  # the estimate was optimistic: drop more
+        keep -= 1
+        text, tokens = exact(keep)
+    while tokens <= budget and keep < len(history):  # pessimistic: add back what fits
+        longer, n = exact(keep + 1)
+        if n > budget:
+            break
+        text, tokens, keep = longer, n, keep + 1
+    return text, tokens  # over budget only when even no history overflows: the encoder truncates
