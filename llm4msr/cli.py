@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "llm4msr.trainer.cli",
     "llm4msr.pipeline.cli",
     "llm4msr.pipeline.knowledge.cli",
+    "llm4msr.serving.cli",
 ]
 
 

@@ -22,7 +22,7 @@ from llm4msr.serving.contract import (DEFAULT_MAX_BATCH, MAX_MESSAGE_BYTES, MODE
                                       RAW_SIGNATURE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE)
 from llm4msr.serving.knowledge_store import KnowledgeStore
 
-_RETRY = {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2,
+_RETRY = {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,
           "retryableStatusCodes": ["UNAVAILABLE"]}
 SERVICE_CONFIG = {"methodConfig": [{
     "name": [{"service": "tensorflow.serving.PredictionService"}, {"service": "tensorflow.serving.ModelService"}],

@@ -121,7 +121,14 @@ def run(function, arrays: Mapping[str, np.ndarray]) -> Dict[str, tf.Tensor]:
     try:
         return function(**arrays)
     except tf.errors.InvalidArgumentError as error:  # e.g. the Transform graph's unknown-scenario assert
-        raise invalid(error.message.split("\n")[0]) from None
+        raise invalid(f"the model refused the input: {_op_error(error.message)}") from None
+
+
+def _op_error(message: str) -> str:
+    """The line of a TF runtime error that says what failed (not "Graph execution error:")."""
+    lines = [line.strip() for line in message.splitlines()
+             if line.strip() and not line.strip().startswith(("Graph execution error", "Detected at node", "<stack", "[["))]
+    return lines[0] if lines else message
 
 
 def check_inputs(signature: str, signature_def, inputs, max_batch: int) -> Dict[str, np.ndarray]:

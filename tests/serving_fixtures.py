@@ -40,7 +40,9 @@ def write_fixture_knowledge(folder, dim: int, seed: int = 0) -> pathlib.Path:
 class _Exported(tf.Module):
     def __init__(self, model: tf.keras.Model, dim: int):
         super().__init__()
-        self.model = model
+        # the variables only: tracking the Keras model would make saving trace every layer (slow)
+        self.model_variables = list(model.variables)
+        self.call_model = lambda features: model(features, training=False)
         self.tables = {name: _vocabulary(values) for name, values in (("user_id", USERS), ("item_id", ITEMS))}
         self.raw_spec = {name: tf.io.FixedLenFeature([1], tf.string) for name in ID_INPUTS}
         self.raw_spec.update({name: tf.io.FixedLenFeature([dim], tf.float32)
@@ -54,7 +56,7 @@ class _Exported(tf.Module):
         return out
 
     def predict(self, raw):
-        return {PREDICTION_KEY: self.model(self.transform(raw))}
+        return {PREDICTION_KEY: self.call_model(self.transform(raw))}
 
 
 def _vocabulary(values: Sequence[str]) -> tf.lookup.StaticHashTable:
@@ -63,13 +65,14 @@ def _vocabulary(values: Sequence[str]) -> tf.lookup.StaticHashTable:
 
 
 def export_model(path, dim: int, seed: int = 0) -> None:
-    """The SavedModel with the signatures of `run_fn.export`."""
+    """The SavedModel with the signatures of `run_fn.export` (no AutoGraph: converting Keras internals
+    would take ~20 s and nothing here has tensor-dependent Python control flow)."""
     tf.keras.utils.set_random_seed(seed)
     spec = {"categorical": {"user_id": len(USERS) + 1, "item_id": len(ITEMS) + 1, "scenario": len(SCENARIOS)},
             "user_knowledge_dim": dim, "scenario_knowledge_dim": dim}
     module = _Exported(build_model(MODEL_CONFIG, spec), dim)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(examples):
         return module.predict(tf.io.parse_example(examples, module.raw_spec))
 
@@ -77,11 +80,11 @@ def export_model(path, dim: int, seed: int = 0) -> None:
     raw_signature.update({name: tf.TensorSpec([None, dim], tf.float32, name=name)
                           for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE)})
 
-    @tf.function(input_signature=[raw_signature])
+    @tf.function(input_signature=[raw_signature], autograph=False)
     def serve_raw(features):
         return module.predict({k: tf.expand_dims(v, -1) if k in ID_INPUTS else v for k, v in features.items()})
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(examples):
         return module.transform(tf.io.parse_example(examples, module.raw_spec))
 

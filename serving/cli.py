@@ -1,0 +1,99 @@
+"""`llm4msr serve` (the local TF-Serving-compatible server) and `llm4msr recommend` (a gRPC client)."""
+import pathlib
+import signal
+import threading
+
+from llm4msr.errors import UserFacingError
+from llm4msr.serving.contract import DEFAULT_MAX_BATCH, DEFAULT_MODEL_DIR, MODEL_NAME
+
+
+def add_parser(subparsers) -> None:
+    serve = subparsers.add_parser("serve", help="serve pushed model versions over gRPC (TF Serving API)")
+    serve.add_argument("--model-dir", default=DEFAULT_MODEL_DIR, help="push folder: <version>/saved_model.pb")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server)")
+    serve.add_argument("--port", type=int, default=8500)
+    serve.add_argument("--model-name", default=MODEL_NAME)
+    serve.add_argument("--num-versions", type=int, default=2, help="newest versions kept loaded")
+    serve.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="most rows in one request")
+    serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
+    serve.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    serve.set_defaults(func=_serve)
+
+    recommend = subparsers.add_parser("recommend", help="top-k items for a user in a scenario, over gRPC")
+    recommend.add_argument("--user", required=True)
+    recommend.add_argument("--scenario", required=True)
+    recommend.add_argument("--candidates", help="file of item ids, one per line (default: every item of --data)")
+    recommend.add_argument("--data", help="canonical data set: titles (and candidates) from its items.csv")
+    recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--server", default="127.0.0.1:8500", help="host:port of TF Serving or `llm4msr serve`")
+    recommend.add_argument("--model-dir", default=DEFAULT_MODEL_DIR, help="push folder: the knowledge store")
+    recommend.add_argument("--model-name", default=MODEL_NAME)
+    recommend.add_argument("--timeout", type=float, default=10.0, help="deadline per request, seconds")
+    recommend.set_defaults(func=_recommend)
+
+
+def _serve(args) -> int:
+    import logging
+
+    from llm4msr.serving.server import ModelRegistry, make_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not pathlib.Path(args.model_dir).is_dir():
+        raise UserFacingError(f"model folder {args.model_dir} does not exist (run the pipeline, or pass --model-dir)")
+    registry = ModelRegistry(args.model_dir, args.model_name, args.num_versions, args.max_batch,
+                             args.poll_seconds).start()
+    server, port = make_server(registry, args.host, args.port, args.workers)
+    versions = sorted(registry.snapshot.servables) or "none yet (waiting for a push)"
+    print(f"serving {args.model_name} versions {versions} from {args.model_dir} on {args.host}:{port}", flush=True)
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    stopped.wait()
+    server.stop(grace=5).wait()
+    registry.stop()
+    return 0
+
+
+def _recommend(args) -> int:
+    import grpc
+
+    from llm4msr.serving.client import ServingClient
+    from llm4msr.serving.knowledge_store import PushedKnowledgeStore
+
+    titles = _titles(args.data)
+    candidates = _candidates(args.candidates, titles)
+    with ServingClient(args.server, PushedKnowledgeStore.latest(args.model_dir), args.model_name,
+                       timeout=args.timeout) as client:
+        try:
+            top = client.recommend(args.user, args.scenario, candidates, args.k)
+        except grpc.RpcError as error:
+            raise UserFacingError(f"{args.server}: {error.code().name}: {error.details()}") from None
+    print(f"top {len(top)} of {len(candidates)} for user {args.user} in scenario {args.scenario} "
+          f"(model version {client.store.version}):")
+    for rank, (item, score) in enumerate(top, 1):
+        print(f"{rank:>3}  {score:.4f}  {item:>8}  {titles.get(item, '')}")
+    return 0
+
+
+def _titles(data_dir) -> dict:
+    if not data_dir:
+        return {}
+    import pandas as pd
+
+    path = pathlib.Path(data_dir) / "items.csv"
+    if not path.is_file():
+        raise UserFacingError(f"{path} is missing (--data takes a canonical data set folder)")
+    items = pd.read_csv(path, dtype={"item_id": str}, usecols=["item_id", "title"], keep_default_na=False)
+    return dict(zip(items["item_id"], items["title"]))
+
+
+def _candidates(path, titles: dict) -> list:
+    if path:
+        lines = pathlib.Path(path).read_text().splitlines()  # "id" or "id,anything"; an item_id header is skipped
+        candidates = [line.split(",")[0].strip() for line in lines if line.strip()]
+        candidates = [c for c in candidates if c != "item_id"]
+    else:
+        candidates = list(titles)
+    if not candidates:
+        raise UserFacingError("no candidates: pass --candidates FILE (item ids, one per line) or --data DIR")
+    return candidates

@@ -1,0 +1,373 @@
+"""Client <-> server over real gRPC on 127.0.0.1 (free ports): the local server always, and
+`tensorflow_model_server` too when that binary is on PATH. The model is the small pushed model of
+`serving_fixtures` (same signatures as the pipeline's export)."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, prediction_service_pb2_grpc
+
+from llm4msr import cli
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID
+from llm4msr.serving.assets import example
+from llm4msr.serving.client import ServingClient, raw_request
+from llm4msr.serving.knowledge_store import PushedKnowledgeStore
+from llm4msr.serving.server import ModelRegistry, make_server
+from serving_fixtures import ITEMS, copy_version, push_model
+
+DIM, MAX_BATCH = 16, 200
+CANDIDATES = list(ITEMS[:100])
+TF_SERVING = shutil.which("tensorflow_model_server")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving") / "llm4msr"
+    root.mkdir()
+    push_model(root, 1, dim=DIM)
+    return root
+
+
+@pytest.fixture(scope="module")
+def in_process(model_dir):
+    return tf.saved_model.load(str(model_dir / "1"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    def __init__(self, model_dir, port=0, **options):
+        self.registry = ModelRegistry(model_dir, max_batch=MAX_BATCH, poll_seconds=0.2, **options).start()
+        self.server, port = make_server(self.registry, port=port, max_workers=8)
+        self.target = f"127.0.0.1:{port}"
+
+    def stop(self):
+        self.server.stop(grace=None)
+        self.registry.stop()
+
+
+class TensorFlowModelServer:
+    def __init__(self, model_dir):
+        port = free_port()
+        self.process = subprocess.Popen([TF_SERVING, f"--port={port}", "--model_name=llm4msr",
+                                         f"--model_base_path={model_dir}", "--file_system_poll_wait_seconds=1"])
+        self.target = f"127.0.0.1:{port}"
+        with ServingClient(self.target, timeout=2) as client:
+            _wait(lambda: any(v["state"] == "AVAILABLE" for v in client.status()), 60)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def _wait(condition, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if condition():
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"not true after {seconds} s")
+
+
+SERVERS = [pytest.param(LocalServer, id="local"),
+           pytest.param(TensorFlowModelServer, id="tensorflow_model_server",
+                        marks=pytest.mark.skipif(TF_SERVING is None, reason="tensorflow_model_server not on PATH"))]
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def server(request, model_dir):
+    started = request.param(model_dir)
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def local(model_dir):
+    started = LocalServer(model_dir)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def client(server, model_dir):
+    with ServingClient(server.target, PushedKnowledgeStore.latest(model_dir)) as connected:
+        yield connected
+
+
+def _in_process_scores(model, store, user, scenario, items):
+    request = raw_request(user, scenario, items, store.user_vector(user), store.scenario_vector(scenario))
+    inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+    return model.signatures["predict_raw"](**inputs)["probability"].numpy().reshape(-1)
+
+
+@pytest.mark.parametrize("user, scenario", [("3", "S0"), ("17", "S1"), ("40", "S2")])
+def test_scores_equal_the_in_process_saved_model(client, in_process, user, scenario):
+    served = client.score(user, scenario, CANDIDATES)
+    expected = _in_process_scores(in_process, client.store, user, scenario, CANDIDATES)
+    assert served.shape == (100,) and np.all((served > 0) & (served < 1))
+    np.testing.assert_allclose(served, expected, rtol=1e-6)
+    assert np.std(served) > 0  # the items really differ
+
+
+def test_recommend_is_the_top_k_of_the_scores(client):
+    scores = dict(zip(CANDIDATES, client.score("5", "S1", CANDIDATES)))
+    top = client.recommend("5", "S1", CANDIDATES, k=10)
+    assert [item for item, _ in top] == sorted(scores, key=lambda i: -scores[i])[:10]
+    assert [s for _, s in top] == pytest.approx([scores[i] for i, _ in top])
+
+
+def test_more_candidates_than_the_max_batch_are_split(client, in_process):
+    items = list(ITEMS) + ["never-seen-item"]  # 501 candidates > MAX_BATCH, one out of vocabulary
+    client.max_batch = MAX_BATCH
+    served = client.score("9", "S2", items)
+    np.testing.assert_allclose(served, _in_process_scores(in_process, client.store, "9", "S2", items), rtol=1e-6)
+
+
+def test_unknown_user_gets_the_cold_start_vector(client):
+    store = client.store
+    np.testing.assert_array_equal(store.user_vector("no-such-user"), store.user_vector(COLD_START_ID))
+    np.testing.assert_array_equal(store.user_vector("no-such-user"), store.default_user)
+    assert not np.array_equal(store.user_vector("3"), store.default_user)
+    unknown = client.score("no-such-user", "S0", CANDIDATES)
+    # the unknown id is also out of the user vocabulary: same index as any other unknown user
+    np.testing.assert_allclose(unknown, client.score("another-stranger", "S0", CANDIDATES), rtol=1e-6)
+
+
+def test_serving_default_on_examples_equals_predict_raw(client):
+    store = client.store
+    serialized = [example("3", "S1", item, store.user_vector("3"), store.scenario_vector("S1")).SerializeToString()
+                  for item in CANDIDATES[:8]]
+    request = raw_request("3", "S1", CANDIDATES[:8], store.user_vector("3"), store.scenario_vector("S1"))
+    request.model_spec.signature_name = "serving_default"
+    for name in list(request.inputs):
+        del request.inputs[name]
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(serialized))
+    from_examples = tf.make_ndarray(client.predict(request).outputs["probability"]).reshape(-1)
+    np.testing.assert_allclose(from_examples, client.score("3", "S1", CANDIDATES[:8]), rtol=1e-6)
+
+
+def test_metadata_lists_the_three_signatures(client):
+    metadata = client.metadata()
+    assert {"serving_default", "predict_raw", "transform_features"} <= set(metadata)
+    raw = metadata["predict_raw"]
+    assert raw["inputs"] == {"user_id": ("string", (-1,)), "item_id": ("string", (-1,)),
+                             "scenario": ("string", (-1,)), "user_knowledge": ("float32", (-1, DIM)),
+                             "scenario_knowledge": ("float32", (-1, DIM))}
+    assert raw["outputs"] == {"probability": ("float32", (-1, 1))}
+    assert metadata["serving_default"]["inputs"] == {"examples": ("string", (-1,))}
+
+
+def test_status_reports_the_available_version(client):
+    assert client.status() == [{"version": 1, "state": "AVAILABLE", "error_code": 0}]
+
+
+def test_classify_scores_examples(local, model_dir):
+    store = PushedKnowledgeStore.latest(model_dir)
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "llm4msr"
+    for item in CANDIDATES[:4]:
+        request.input.example_list.examples.add().CopyFrom(
+            example("3", "S1", item, store.user_vector("3"), store.scenario_vector("S1")))
+    with ServingClient(local.target, store) as client:
+        response = client.predictions.Classify(request, timeout=5)
+        scores = [c.classes[1].score for c in response.result.classifications]
+        np.testing.assert_allclose(scores, client.score("3", "S1", CANDIDATES[:4]), rtol=1e-6)
+    assert response.model_spec.version.value == 1
+
+
+# --- malformed requests: refused before the model runs, with a message naming the fault -------------
+
+def _valid_request(store, rows=3):
+    return raw_request("3", "S0", ITEMS[:rows], store.user_vector("3"), store.scenario_vector("S0"))
+
+
+def _set(name, value, dtype=None):
+    def change(request):
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype))
+    return change
+
+
+MALFORMED = {
+    "unknown model": (lambda r: setattr(r.model_spec, "name", "other"), "NOT_FOUND", "'other'"),
+    "unknown version": (lambda r: r.model_spec.version.__setattr__("value", 99), "NOT_FOUND", "version 99"),
+    "unknown label": (lambda r: setattr(r.model_spec, "version_label", "blue"), "INVALID_ARGUMENT",
+                      "Unrecognized servable version label: 'blue'"),
+    "unknown signature": (lambda r: setattr(r.model_spec, "signature_name", "predict_cooked"), "INVALID_ARGUMENT",
+                          "unknown signature 'predict_cooked'"),
+    "unknown input": (_set("colour", ["red"] * 3), "INVALID_ARGUMENT", "unknown ['colour']"),
+    "missing input": (lambda r: r.inputs.pop("item_id"), "INVALID_ARGUMENT", "missing ['item_id']"),
+    "wrong dtype": (_set("user_id", [1.0, 2.0, 3.0], tf.float32), "INVALID_ARGUMENT",
+                    "input 'user_id' has dtype float32, signature 'predict_raw' expects string"),
+    "wrong knowledge width": (_set("user_knowledge", np.zeros((3, DIM + 1), np.float32)), "INVALID_ARGUMENT",
+                              f"shape [3, {DIM + 1}], signature 'predict_raw' expects [None, {DIM}] "
+                              f"(wrong knowledge width)"),
+    "scalar instead of a batch": (_set("item_id", "1"), "INVALID_ARGUMENT", "input 'item_id' has shape []"),
+    "ragged batch": (_set("item_id", ["1", "2"]), "INVALID_ARGUMENT", "different batch sizes"),
+    "unknown scenario": (_set("scenario", ["S9"] * 3), "INVALID_ARGUMENT", "unknown scenario id"),
+    "unknown output": (lambda r: r.output_filter.append("logit"), "INVALID_ARGUMENT", "output_filter"),
+}
+
+
+@pytest.mark.parametrize("fault", MALFORMED)
+def test_malformed_requests_are_refused_with_a_clear_message(local, model_dir, fault):
+    change, code, message = MALFORMED[fault]
+    request = _valid_request(PushedKnowledgeStore.latest(model_dir))
+    change(request)
+    with ServingClient(local.target) as client, pytest.raises(grpc.RpcError) as caught:
+        client.predict(request)
+    assert caught.value.code().name == code, caught.value.details()
+    assert message in caught.value.details()
+
+
+def test_too_many_candidates_in_one_request(local, model_dir):
+    request = _valid_request(PushedKnowledgeStore.latest(model_dir), rows=MAX_BATCH + 1)
+    with ServingClient(local.target) as client, pytest.raises(grpc.RpcError) as caught:
+        client.predict(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{MAX_BATCH + 1} rows (candidates) in one request, more than the maximum batch of {MAX_BATCH}" \
+        in caught.value.details()
+
+
+def test_metadata_needs_the_signature_def_field(local):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(local.target))
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["owner"])
+    request.model_spec.name = "llm4msr"
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetModelMetadata(request, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "signature_def" in caught.value.details()
+
+
+# --- versions --------------------------------------------------------------------------------------
+
+def test_a_version_pushed_under_load_is_picked_up_without_a_failed_request(model_dir, tmp_path):
+    push_dir = tmp_path / "llm4msr"
+    shutil.copytree(model_dir, push_dir)
+    server = LocalServer(push_dir)
+    store = PushedKnowledgeStore.latest(push_dir)
+    failures, versions, stop = [], set(), threading.Event()
+
+    def traffic():
+        with ServingClient(server.target, store) as client:
+            while not stop.is_set():
+                try:
+                    request = raw_request("3", "S0", CANDIDATES, store.user_vector("3"), store.scenario_vector("S0"))
+                    versions.add(client.predict(request).model_spec.version.value)
+                except grpc.RpcError as error:
+                    failures.append(error)
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        _wait(lambda: versions == {1}, 10)
+        copy_version(push_dir, 1, 2)
+        _wait(lambda: 2 in versions, 30)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    with ServingClient(server.target, store) as client:
+        assert [(v["version"], v["state"]) for v in client.status()] == [(1, "AVAILABLE"), (2, "AVAILABLE")]
+        assert client.score("3", "S0", CANDIDATES[:5]).shape == (5,)
+        assert client.store.version == 2  # the client's knowledge store followed the model
+        labelled = client.predict(_labelled(store, "stable"))
+        assert labelled.model_spec.version.value == 1
+        assert client.predict(_labelled(store, "canary")).model_spec.version.value == 2
+        copy_version(push_dir, 1, 3)  # a third version retires the oldest (two are kept)
+        _wait(lambda: [v["version"] for v in client.status()] == [2, 3], 30)
+    server.stop()
+    assert not failures, failures[:3]
+    assert versions == {1, 2}
+
+
+def _labelled(store, label):
+    request = _valid_request(store)
+    request.model_spec.version_label = label
+    return request
+
+
+def test_a_half_written_version_is_retried_while_the_old_one_serves(model_dir, tmp_path):
+    push_dir = tmp_path / "llm4msr"
+    shutil.copytree(model_dir, push_dir)
+    registry = ModelRegistry(push_dir, max_batch=MAX_BATCH)
+    registry.poll()
+    broken = push_dir / "2"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not yet complete")
+    registry.poll()
+    assert sorted(registry.snapshot.servables) == [1]
+    shutil.rmtree(broken)
+    copy_version(push_dir, 1, 2)
+    assert registry.poll() and sorted(registry.snapshot.servables) == [1, 2]
+
+
+def test_the_client_retries_until_the_server_is_up(model_dir):
+    port = free_port()
+    starter = threading.Timer(0.3, lambda: started.append(LocalServer(model_dir, port=port)))
+    started = []
+    with ServingClient(f"127.0.0.1:{port}", PushedKnowledgeStore.latest(model_dir), timeout=10) as client:
+        starter.start()
+        try:
+            assert client.score("3", "S0", CANDIDATES[:3]).shape == (3,)
+        finally:
+            starter.join()
+            for server in started:
+                server.stop()
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def test_recommend_prints_titles_and_scores(local, model_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,title,categories\n" +
+                                    "".join(f'{i},"Movie {i}, The (1999)",Drama\n' for i in CANDIDATES))
+    candidates = tmp_path / "candidates.txt"
+    candidates.write_text("item_id\n" + "\n".join(CANDIDATES[:50]) + "\n")
+    code = cli.main(["recommend", "--user", "3", "--scenario", "S1", "--candidates", str(candidates),
+                     "--data", str(data), "--k", "3", "--server", local.target, "--model-dir", str(model_dir)])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(out) == 4 and "top 3 of 50 for user 3 in scenario S1" in out[0]
+    with ServingClient(local.target, PushedKnowledgeStore.latest(model_dir)) as client:
+        expected = client.recommend("3", "S1", CANDIDATES[:50], 3)
+    for line, (item, score) in zip(out[1:], expected):
+        assert f"{score:.4f}" in line and f"Movie {item}, The (1999)" in line
+
+
+def test_recommend_names_a_server_error(model_dir, capsys):
+    code = cli.main(["recommend", "--user", "3", "--scenario", "S1", "--candidates", os.devnull,
+                     "--model-dir", str(model_dir)])
+    assert code == 2 and "no candidates" in capsys.readouterr().err
+
+
+def test_serve_command_binds_localhost_and_stops_on_sigterm(model_dir):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", "import sys; from llm4msr.cli import main; sys.exit(main())",
+                                "serve", "--model-dir", str(model_dir), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        assert f"serving llm4msr versions [1] from {model_dir} on 127.0.0.1:{port}" in line, line
+        with ServingClient(f"127.0.0.1:{port}", PushedKnowledgeStore.latest(model_dir)) as client:
+            assert client.status()[0]["state"] == "AVAILABLE"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
