@@ -7,6 +7,7 @@ LLM4MSR := $(VENV)/bin/llm4msr
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs
 SOURCE ?= movielens-latest-small
+CONFIG ?= configs/default.yaml
 
 .PHONY: setup run test test-fast lock bench clean
 
@@ -18,6 +19,7 @@ $(STAMP): requirements.lock setup.py scripts/install-env
 
 run: setup
 	$(LLM4MSR) data prepare --source $(SOURCE) --out $(RUN_DIR)/data/$(SOURCE)
+	$(LLM4MSR) pipeline run --config $(CONFIG) --data $(RUN_DIR)/data/$(SOURCE) --report $(RUN_DIR)/report.json
 
 test: setup
 	$(PY) -m pytest -q tests

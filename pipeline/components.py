@@ -5,6 +5,9 @@
 - `KnowledgeExtractor`: prompts -> frozen LLM -> `Knowledge` (vectors, prompts, texts, fingerprint).
 - `KnowledgeJoiner`: a Beam join adding `user_knowledge` and `scenario_knowledge` to every example,
   refusing data the ExampleValidator found anomalous, and extending the schema with the vectors.
+  The joined examples carry the knowledge they were joined with (`<uri>/knowledge/`, beside the
+  `Split-*` folders that example readers read), so the Trainer can ship the same knowledge with
+  the model it trains on them: a served model and its knowledge store are one version.
 """
 import json
 import os
@@ -23,6 +26,7 @@ LABEL = "label"
 USER_KNOWLEDGE, SCENARIO_KNOWLEDGE = "user_knowledge", "scenario_knowledge"
 SPLITS = ("train", "eval", "test")
 EXAMPLES_FILE_FORMAT = "tfrecords_gzip"
+KNOWLEDGE_DIR = "knowledge"  # inside joined examples: the knowledge they were joined with
 
 component = tfx.dsl.components.component
 InputArtifact, OutputArtifact, Parameter = (
@@ -127,6 +131,7 @@ def KnowledgeJoiner(
     default_user = store.default_user_vector.tolist()
     _write_schema_with_knowledge(schema, joined_schema, store.dim)
     _mark_examples(joined_examples)
+    copy_tree(knowledge.uri, os.path.join(joined_examples.uri, KNOWLEDGE_DIR))
     with beam_pipeline as pipeline:
         users = pipeline | "UserKnowledge" >> beam.Create(user_vectors)
         scenarios = pipeline | "ScenarioKnowledge" >> beam.Create([scenario_vectors])
@@ -207,6 +212,15 @@ def _mark_examples(examples) -> None:
 def _write_split(examples, split: str) -> beam.PTransform:
     return beam.io.WriteToTFRecord(os.path.join(examples.path(split=split), "data_tfrecord"),
                                    file_name_suffix=".gz", coder=beam.coders.BytesCoder())
+
+
+def copy_tree(source: str, target: str) -> None:
+    """Recursive copy through tf.io.gfile (local disks, GCS, S3 alike)."""
+    for directory, _, files in tf.io.gfile.walk(source):
+        destination = os.path.join(target, os.path.relpath(directory, source))
+        tf.io.gfile.makedirs(destination)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(destination, name), overwrite=True)
 
 
 def _bytes_feature(value: str) -> tf.train.Feature:

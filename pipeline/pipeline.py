@@ -40,10 +40,11 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     transform = tfx.components.Transform(
         examples=knowledge_joiner.outputs["joined_examples"], schema=knowledge_joiner.outputs["joined_schema"],
         preprocessing_fn="llm4msr.transform.preprocessing.preprocessing_fn",
-        custom_config={"scenarios": scenario_ids})
+        custom_config={"scenarios": scenario_ids},
+        materialize=False)  # the Trainer applies the graph to the joined examples itself
     trainer = tfx.components.Trainer(
         run_fn="llm4msr.trainer.run_fn.run_fn",
-        examples=transform.outputs["transformed_examples"],
+        examples=knowledge_joiner.outputs["joined_examples"],  # raw: run_fn applies the Transform graph
         transform_graph=transform.outputs["transform_graph"],
         schema=knowledge_joiner.outputs["joined_schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),

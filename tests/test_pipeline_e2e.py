@@ -62,7 +62,13 @@ def test_every_component_ran_and_the_model_was_pushed(first_run):
     assert {"overall", "scenario=S0", "scenario=S1", "scenario=S2"} <= set(evaluation["slices"])
     assert evaluation["slices"]["overall"]["auc"] > 0.5
     assert first_run["pushed"] and (pathlib.Path(first_run["pushed"]) / "saved_model.pb").is_file()
-    assert (pathlib.Path(first_run["pushed"]) / "assets").is_dir()  # the Transform vocabularies travel along
+    pushed = pathlib.Path(first_run["pushed"])
+    assert (pushed / "assets" / "user_id").is_file()  # the Transform vocabularies travel along
+    assert read_knowledge(pushed / "assets.extra" / "knowledge").dim == 384  # so does the knowledge store
+    from tensorflow_serving.apis import prediction_log_pb2
+    warmup = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+              for r in tf.data.TFRecordDataset(str(pushed / "assets.extra" / "tf_serving_warmup_requests"))]
+    assert [w.predict_log.request.model_spec.signature_name for w in warmup] == ["serving_default", "predict_raw"]
 
 
 def test_knowledge_and_joined_examples(first_run, workspace):
@@ -79,8 +85,10 @@ def test_knowledge_and_joined_examples(first_run, workspace):
     np.testing.assert_allclose(example["user_knowledge"].float_list.value, knowledge.user_vector(user), rtol=1e-6)
     np.testing.assert_allclose(example["scenario_knowledge"].float_list.value,
                                knowledge.scenario_vector(scenario), rtol=1e-6)
-    transformed = _records(_latest(workspace, "Transform", "transformed_examples") / "Split-eval")
-    assert transformed[0].features.feature["user_id"].int64_list.value[0] >= 0
+    graph = _latest(workspace, "Transform", "transform_graph")
+    vocabulary = (graph / "transform_fn" / "assets" / "user_id").read_text().split()
+    train_users = {e.features.feature["user_id"].bytes_list.value[0].decode() for e in examples}
+    assert set(vocabulary) == train_users  # vocabularies come from the train split only
 
 
 def test_the_three_signatures_answer_on_real_examples(first_run, workspace):

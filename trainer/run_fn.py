@@ -8,17 +8,28 @@ Signatures of the exported SavedModel:
   and `scenario_knowledge` float32 `[B, dim]`) -> `probability`: what TF Serving clients call with
   the knowledge embeddings as input features.
 - `transform_features`: serialized `tf.Example` -> transformed features (used by the Evaluator).
+
+The Trainer reads the joined raw examples and applies the Transform graph in `tf.data`, so the
+export can also carry what serving needs, versioned with the model in `assets.extra/`:
+`knowledge/` (the knowledge the examples were joined with: the serving knowledge store) and
+`tf_serving_warmup_requests` (real eval examples, one request per signature).
 """
+import os
+
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from llm4msr.pipeline.components import FEATURES, LABEL, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.pipeline.components import (FEATURES, KNOWLEDGE_DIR, LABEL, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE,
+                                         copy_tree)
 from llm4msr.transform.preprocessing import ID_FEATURES, OOV_BUCKETS
 
 PREDICTION_KEY = "probability"
 RAW_SIGNATURE = "predict_raw"
+MODEL_NAME = "llm4msr"  # the TF Serving model name the configs in serving/configs use
+WARMUP_FILE = "tf_serving_warmup_requests"
+WARMUP_EXAMPLES = 16
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -37,6 +48,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                                                               restore_best_weights=True)],
                   verbose=2)
     export(ranking.model, tft_output, fn_args.serving_model_dir)
+    extras = os.path.join(fn_args.serving_model_dir, "assets.extra")
+    copy_tree(os.path.join(_examples_root(fn_args.train_files), KNOWLEDGE_DIR), os.path.join(extras, KNOWLEDGE_DIR))
+    write_warmup(os.path.join(extras, WARMUP_FILE), _serialized_examples(fn_args.eval_files, WARMUP_EXAMPLES))
 
 
 def input_spec(tft_output: tft.TFTransformOutput, num_scenarios: int) -> dict:
@@ -49,9 +63,47 @@ def input_spec(tft_output: tft.TFTransformOutput, num_scenarios: int) -> dict:
 
 
 def _dataset(files, data_accessor, tft_output, batch_size: int, shuffle: bool) -> tf.data.Dataset:
+    """Raw joined examples -> (transformed features, label) batches."""
     options = tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL, num_epochs=1,
                                              shuffle=shuffle, shuffle_buffer_size=100_000 if shuffle else 1)
-    return data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema).prefetch(2)
+    raw = data_accessor.tf_dataset_factory(files, options, tft_output.raw_metadata.schema)
+    transform = tft_output.transform_features_layer()
+    return raw.map(lambda features, label: (transform(features), label),
+                   num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def _examples_root(split_files) -> str:
+    """`<uri>/Split-train/*` -> `<uri>`."""
+    return os.path.dirname(os.path.dirname(split_files[0]))
+
+
+def _serialized_examples(split_files, count: int):
+    files = [path for pattern in split_files for path in tf.io.gfile.glob(pattern)]
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)
+    return [record.numpy() for record in records]
+
+
+def write_warmup(path: str, serialized_examples) -> None:
+    """TF Serving replays these `PredictionLog`s when it loads the version (both signatures)."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    examples = [tf.train.Example.FromString(s) for s in serialized_examples]
+    requests = [predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=MODEL_NAME, signature_name="serving_default"),
+        inputs={"examples": tf.make_tensor_proto(serialized_examples, dtype=tf.string)})]
+    raw = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=MODEL_NAME, signature_name=RAW_SIGNATURE))
+    for name in FEATURES:
+        raw.inputs[name].CopyFrom(tf.make_tensor_proto(
+            [e.features.feature[name].bytes_list.value[0] for e in examples], dtype=tf.string))
+    for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE):
+        raw.inputs[name].CopyFrom(tf.make_tensor_proto(
+            [list(e.features.feature[name].float_list.value) for e in examples], dtype=tf.float32))
+    requests.append(raw)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
 
 
 def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) -> None:
