@@ -1,0 +1,206 @@
+"""Serving benchmark: requests of 1 user x N candidates through gRPC (`llm4msr serve` in its own
+process, the client here) at several concurrencies, next to the same batches run in-process on
+the SavedModel; then a version swap under load, counting failed requests.
+
+    .venv/bin/python bench/bench_serving.py                      # the serving_fixtures model, dim 384
+    .venv/bin/python bench/bench_serving.py --model-dir runs/serving/llm4msr --requests 1000
+
+Aims: gRPC p99 at concurrency 1 within 2x the in-process p99; zero errors during the swap.
+The CPU is shared: the report starts with `uptime`.
+"""
+import argparse
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # serving_fixtures: the test model
+
+import grpc  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from llm4msr.serving.client import ServingClient, raw_request  # noqa: E402
+from llm4msr.serving.contract import RAW_SIGNATURE, version_dirs  # noqa: E402
+from llm4msr.serving.knowledge_store import PushedKnowledgeStore  # noqa: E402
+
+
+def workload(store, items, candidates: int, count: int, seed: int = 0):
+    """`count` (user, scenario, item ids) triples: random known users, scenarios and candidate sets."""
+    rng = np.random.default_rng(seed)
+    users, scenarios = sorted(store.users), sorted(store.scenarios)
+    return [(users[rng.integers(len(users))], scenarios[rng.integers(len(scenarios))],
+             list(rng.choice(items, candidates, replace=False))) for _ in range(count)]
+
+
+def measure(call, requests, concurrency: int) -> dict:
+    """Latency percentiles (ms) and throughput of `call(request)` at a fixed number of in-flight calls."""
+    latencies, errors = [], []
+
+    def timed(request):
+        started = time.perf_counter()
+        try:
+            call(request)
+        except grpc.RpcError as error:
+            errors.append(error)
+        latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    with futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(timed, requests))
+    elapsed = time.perf_counter() - started
+    p50, p95, p99 = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+    return {"p50": p50, "p95": p95, "p99": p99, "rps": len(requests) / elapsed, "errors": len(errors)}
+
+
+def in_process_call(model_path, store, requests):
+    """The signature function on the same batches, arrays built beforehand: the model's own cost."""
+    function = tf.saved_model.load(str(model_path)).signatures[RAW_SIGNATURE]
+    batches = {}
+    for user, scenario, items in requests:
+        proto = raw_request(user, scenario, items, store.user_vector(user), store.scenario_vector(scenario))
+        batches[id(items)] = {name: tf.make_ndarray(t) for name, t in proto.inputs.items()}
+    return lambda request: function(**batches[id(request[2])])["probability"].numpy()
+
+
+def start_server(model_dir, port: int, workers: int) -> subprocess.Popen:
+    command = [sys.executable, "-c", "import sys; from llm4msr.cli import main; sys.exit(main())", "serve",
+               "--model-dir", str(model_dir), "--port", str(port), "--workers", str(workers), "--poll-seconds", "0.5"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = process.stdout.readline()
+    if "serving" not in line:
+        process.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    return process
+
+
+def swap_under_load(model_dir, client, requests, concurrency: int, after_seconds: float = 1.0) -> dict:
+    """Traffic from `concurrency` threads while a copy of the newest version is pushed as a new
+    version; runs until the new version has answered for `after_seconds`."""
+    pushed = max(version_dirs(model_dir)) + 1
+    served, errors, latencies = set(), [], []
+    switched, stop = threading.Event(), threading.Event()
+
+    def traffic(offset):
+        for index in range(offset, 10 ** 9, concurrency):
+            if stop.is_set():
+                return
+            started = time.perf_counter()
+            try:
+                user, scenario, items = requests[index % len(requests)]
+                proto = raw_request(user, scenario, items, client.store.user_vector(user),
+                                    client.store.scenario_vector(scenario))
+                served.add(client.predict(proto).model_spec.version.value)
+            except grpc.RpcError as error:
+                errors.append(error)
+            latencies.append(time.perf_counter() - started)
+            if pushed in served:
+                switched.set()
+
+    threads = [threading.Thread(target=traffic, args=(i,)) for i in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    staging = pathlib.Path(model_dir) / f".bench-{pushed}"
+    shutil.copytree(pathlib.Path(model_dir) / str(pushed - 1), staging)
+    staging.rename(pathlib.Path(model_dir) / str(pushed))  # atomic publish, as a Pusher should
+    switched.wait(120)
+    time.sleep(after_seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    p50, p95, p99 = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+    return {"p50": p50, "p95": p95, "p99": p99, "rps": len(latencies) / (time.perf_counter() - started),
+            "errors": len(errors), "versions": sorted(served), "requests": len(latencies)}
+
+
+def fixture_model(folder: pathlib.Path, dim: int) -> pathlib.Path:
+    from serving_fixtures import push_model
+
+    model_dir = folder / "llm4msr"
+    model_dir.mkdir(parents=True)
+    push_model(model_dir, 1, dim=dim)
+    return model_dir
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def row(name, concurrency, r) -> str:
+    return (f"| {name:<10} | {concurrency:>4} | {r['p50']:7.2f} | {r['p95']:7.2f} | {r['p99']:7.2f} "
+            f"| {r['rps']:8.1f} | {r['errors']:>6} |")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", help="a push folder (default: build the test model in a temp folder)")
+    parser.add_argument("--dim", type=int, default=384, help="knowledge width of the test model")
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=500, help="requests per measurement")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--workers", type=int, default=16, help="server gRPC threads")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="bench_serving."))
+    try:
+        source = pathlib.Path(args.model_dir) if args.model_dir else fixture_model(scratch / "fixture", args.dim)
+        model_dir = scratch / "served"
+        shutil.copytree(source, model_dir)  # the swap adds a version: never touch the caller's folder
+        store = PushedKnowledgeStore.latest(model_dir)
+        items = _items(store, model_dir)
+        requests = workload(store, items, args.candidates, args.requests)
+        warm = requests[:20]
+
+        print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+        print(f"model {model_dir} version {store.version}, knowledge dim {store.dim}, "
+              f"{args.candidates} candidates per request, {args.requests} requests per row\n")
+        print("| path       | conc |  p50 ms |  p95 ms |  p99 ms |    req/s | errors |")
+        print("|------------|------|---------|---------|---------|----------|--------|")
+        call = in_process_call(model_dir / str(store.version), store, requests)
+        measure(call, warm, 1)
+        for concurrency in levels:
+            print(row("in-process", concurrency, measure(call, requests, concurrency)), flush=True)
+
+        port = free_port()
+        server = start_server(model_dir, port, args.workers)
+        try:
+            with ServingClient(f"127.0.0.1:{port}", store, timeout=30) as client:
+                grpc_call = lambda r: client.score(*r)  # noqa: E731
+                measure(grpc_call, warm, 4)
+                for concurrency in levels:
+                    print(row("gRPC", concurrency, measure(grpc_call, requests, concurrency)), flush=True)
+                swap = swap_under_load(model_dir, client, requests, 4)
+                print(row("gRPC+swap", 4, swap) + f" {swap['requests']} requests, versions served: {swap['versions']}")
+        finally:
+            server.terminate()
+            server.wait(30)
+        print(f"\nuptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _items(store, model_dir) -> list:
+    """Candidate item ids: the model's item vocabulary (Transform asset), else the fixture's items."""
+    vocabulary = model_dir / str(store.version) / "assets" / "item_id"
+    if vocabulary.is_file():
+        return [line for line in vocabulary.read_text().splitlines() if line]
+    from serving_fixtures import ITEMS
+
+    return list(ITEMS)
+
+
+if __name__ == "__main__":
+    main()
