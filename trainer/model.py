@@ -40,11 +40,11 @@ class ModelConfig:
     expert_units: List[int] = field(default_factory=lambda: [64])
     ple_levels: int = 2
     knowledge: str = "none"  # none | user | scenario | both
-    projection_dim: int = 32  # d_k
-    meta_rank: int = 4
-    meta_layers: int = 2
-    meta_generator_units: int = 64
-    meta_tower_units: List[int] = field(default_factory=lambda: [32])
+    projection_dim: int = 16  # d_k
+    meta_rank: int = 2
+    meta_layers: int = 1
+    meta_generator_units: int = 16  # small: generator cost grows with d * rank * this
+    meta_tower_units: List[int] = field(default_factory=lambda: [16])
     cross_layers: int = 0  # tfrs DCN cross layers after the user meta stack
     dropout: float = 0.0
     learning_rate: float = 1e-3
@@ -153,13 +153,20 @@ class RankingModel(tfrs.Model):
         self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.BinaryCrossentropy(),
                                        metrics=[tf.keras.metrics.AUC(name="auc")])
 
+    @no_autograph
     def call(self, features, training=False):
-        return self.model(features, training=training)
+        return self.model(self._model_features(features), training=training)
+
+    def _model_features(self, features):
+        """Only the model's inputs: batches may carry the label and other columns."""
+        return {name: features[name] for name in self.model.input_names}
 
     # The steps have no tensor-dependent Python control flow; skipping AutoGraph saves seconds per trace.
     @no_autograph
     def train_step(self, inputs):
-        return super().train_step(inputs)
+        logs = super().train_step(inputs)
+        # task metrics are updated on evaluation only: do not log their stale values while training
+        return {name: value for name, value in logs.items() if name.endswith("loss")}
 
     @no_autograph
     def test_step(self, inputs):
@@ -167,17 +174,15 @@ class RankingModel(tfrs.Model):
 
     @no_autograph
     def predict_step(self, data):
-        features = data[0] if isinstance(data, (tuple, list)) else data
-        return self.model({name: features[name] for name in self.model.input_names}, training=False)
+        return self.model(self._model_features(data[0] if isinstance(data, (tuple, list)) else data),
+                          training=False)
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         if isinstance(inputs, (tuple, list)):
             features, labels = inputs[0], inputs[1]
         else:
-            features = {k: v for k, v in inputs.items() if k != self.label_key}
-            labels = inputs[self.label_key]
-        features = {name: features[name] for name in self.model.input_names}
-        predictions = self.model(features, training=training)
+            features, labels = inputs, inputs[self.label_key]
+        predictions = self.model(self._model_features(features), training=training)
         labels = tf.reshape(tf.cast(labels, predictions.dtype), [-1, 1])
         return self.task(labels=labels, predictions=predictions, compute_metrics=not training)
 
