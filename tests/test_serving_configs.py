@@ -84,3 +84,24 @@ def test_in_memory_store_and_the_external_key_layout(pushed):
                                   store.default_user)
     np.testing.assert_array_equal(np.frombuffer(exported["llm4msr:7:scenario:S2"], np.float32),
                                   store.scenario_vector("S2"))
+
+
+def test_kubernetes_manifest_serves_the_configs_it_mounts():
+    import yaml
+
+    from llm4msr.serving.tf_serving_configs import CONFIG_DIR
+
+    documents = list(yaml.safe_load_all((CONFIG_DIR.parents[1] / "kubeflow" / "serving.yaml").read_text()))
+    deployment, service = documents
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith("tensorflow/serving:")
+    files = {arg.split("=", 1)[1] for arg in container["args"] if arg.split("=")[0].endswith("_file")}
+    assert {f"/models/config/{name}" for name in ("models.config", "batching.config", "monitoring.config")} == files
+    for name in files:
+        assert (CONFIG_DIR / name.rsplit("/", 1)[1]).is_file()
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/models/config", configs.read_models_config().model_config_list.config[0].base_path} == mounts
+    assert service["metadata"]["annotations"]["prometheus.io/path"] == \
+        configs.read_monitoring_config().prometheus_config.path
+    assert {p["port"] for p in service["spec"]["ports"]} == {8500, 8501}
