@@ -158,7 +158,8 @@ def test_cli_extract_and_show(small, tmp_path, capsys):
 
 
 def test_bad_input_is_reported_without_traceback(data, tmp_path, capsys):
-    assert cli.main(["knowledge", "extract", "--data", str(data), "--out", str(tmp_path / "k"), "--model", "gpt-9"]) == 2
+    args = ["knowledge", "extract", "--data", str(data), "--out", str(tmp_path / "k"), "--model", "gpt-9"]
+    assert cli.main(args) == 2
     assert "unknown model 'gpt-9'" in capsys.readouterr().err
     empty = tmp_path / "empty"
     shutil.copytree(data, empty)
