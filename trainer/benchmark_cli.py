@@ -1,0 +1,86 @@
+"""`llm4msr benchmark`: every backbone x knowledge mode x seed through the fast training path, with
+results.csv / results.md / plots (see `llm4msr.trainer.benchmark`). Interrupt it at any time: a
+rerun with the same arguments resumes, skipping the runs already in results.csv."""
+import json
+import pathlib
+
+from llm4msr.errors import UserFacingError
+
+
+def _names(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_parser(subparsers) -> None:
+    bench = subparsers.add_parser(
+        "benchmark", help="backbones x knowledge modes x seeds grid: results.csv, results.md, plots",
+        description="Train every backbone with every knowledge mode and seed (fast path, no TFX) and report "
+                    "test metrics overall and per scenario, mean ± std over seeds and the lift of each "
+                    "knowledge mode over none. Resumes: runs already in OUT/results.csv are skipped.")
+    bench.add_argument("--data", required=True, help="canonical data set folder (`llm4msr data prepare --out`)")
+    bench.add_argument("--knowledge-dir", help="knowledge folder (`llm4msr knowledge extract --out`); "
+                                               "needed unless --knowledge none")
+    bench.add_argument("--backbones", default="dnn,shared_bottom,mmoe,ple,star", help="comma-separated")
+    bench.add_argument("--knowledge", default="none,user,scenario,both", help="comma-separated modes")
+    seeds = bench.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=3, help="number of seeds: 0..N-1 (default 3)")
+    seeds.add_argument("--seed-list", help="explicit comma-separated seeds instead of --seeds")
+    bench.add_argument("--out", required=True, help="output folder (results.csv, results.md, *.png)")
+    bench.add_argument("--epochs", type=int, default=10, help="maximum epochs per run (early stopping on eval AUC)")
+    bench.add_argument("--patience", type=int, default=2)
+    bench.add_argument("--batch-size", type=int, default=1024)
+    bench.add_argument("--config", help="JSON file with ModelConfig fields shared by every run "
+                                        "(e.g. learning_rate, projection_dim, meta_rank)")
+    bench.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="one ModelConfig field for every run (JSON value), repeatable; overrides --config")
+    bench.add_argument("--jobs", type=int, default=1,
+                       help="worker processes (each gets cpu_count/jobs TensorFlow threads)")
+    bench.add_argument("--overwrite", action="store_true",
+                       help="discard OUT/results.csv instead of resuming (needed when settings changed)")
+    bench.add_argument("--report-only", action="store_true", help="rewrite results.md and plots from results.csv")
+    bench.set_defaults(func=_benchmark)
+
+
+def _model_overrides(args) -> dict:
+    model = {}
+    if args.config:
+        try:
+            model.update(json.loads(pathlib.Path(args.config).read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserFacingError(f"--config {args.config}: {error}") from None
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserFacingError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            model[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            model[name.strip()] = value
+    return model
+
+
+def _benchmark(args) -> int:
+    from llm4msr.trainer import benchmark
+
+    if args.report_only:
+        table = benchmark.read_results(args.out)
+        if table.empty:
+            raise UserFacingError(f"{args.out}/{benchmark.RESULTS_CSV}: no finished runs to report")
+        benchmark.write_report(table, args.out)
+        print(f"wrote {args.out}/{benchmark.RESULTS_MD} and plots from {len(table)} runs")
+        return 0
+    if args.seed_list:
+        try:
+            seeds = [int(s) for s in _names(args.seed_list)]
+        except ValueError:
+            raise UserFacingError(f"--seed-list {args.seed_list!r}: expected comma-separated integers") from None
+    else:
+        if args.seeds < 1:
+            raise UserFacingError(f"--seeds must be at least 1, got {args.seeds}")
+        seeds = list(range(args.seeds))
+    spec = benchmark.GridSpec(args.data, args.out, args.knowledge_dir, backbones=_names(args.backbones),
+                              modes=_names(args.knowledge), seeds=seeds, epochs=args.epochs,
+                              batch_size=args.batch_size, patience=args.patience, model=_model_overrides(args),
+                              jobs=args.jobs)
+    benchmark.run_grid(spec, overwrite=args.overwrite, log=lambda line: print(line, flush=True))
+    return 0
