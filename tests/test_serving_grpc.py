@@ -319,17 +319,18 @@ def test_a_half_written_version_is_retried_while_the_old_one_serves(model_dir, t
 
 
 def test_the_client_retries_until_the_server_is_up(model_dir):
-    port = free_port()
-    starter = threading.Timer(0.3, lambda: started.append(LocalServer(model_dir, port=port)))
-    started = []
+    registry = ModelRegistry(model_dir, max_batch=MAX_BATCH)
+    registry.poll()  # loaded beforehand: the port opens 0.3 s after the first attempt
+    port, servers = free_port(), []
+    starter = threading.Timer(0.3, lambda: servers.append(make_server(registry, port=port)[0]))
     with ServingClient(f"127.0.0.1:{port}", PushedKnowledgeStore.latest(model_dir), timeout=10) as client:
         starter.start()
         try:
             assert client.score("3", "S0", CANDIDATES[:3]).shape == (3,)
         finally:
             starter.join()
-            for server in started:
-                server.stop()
+            for server in servers:
+                server.stop(grace=None)
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -351,10 +352,21 @@ def test_recommend_prints_titles_and_scores(local, model_dir, tmp_path, capsys):
         assert f"{score:.4f}" in line and f"Movie {item}, The (1999)" in line
 
 
-def test_recommend_names_a_server_error(model_dir, capsys):
+def test_recommend_without_candidates_is_a_clear_error(model_dir, capsys):
     code = cli.main(["recommend", "--user", "3", "--scenario", "S1", "--candidates", os.devnull,
                      "--model-dir", str(model_dir)])
     assert code == 2 and "no candidates" in capsys.readouterr().err
+
+
+def test_recommend_names_the_server_error(model_dir, tmp_path, capsys):
+    candidates = tmp_path / "candidates.txt"
+    candidates.write_text("1\n2\n")
+    nobody = f"127.0.0.1:{free_port()}"
+    code = cli.main(["recommend", "--user", "3", "--scenario", "S1", "--candidates", str(candidates),
+                     "--model-dir", str(model_dir), "--server", nobody, "--timeout", "1"])
+    error = capsys.readouterr().err
+    assert code == 2 and f"llm4msr: error: {nobody}: " in error
+    assert "UNAVAILABLE" in error or "DEADLINE_EXCEEDED" in error
 
 
 def test_serve_command_binds_localhost_and_stops_on_sigterm(model_dir):
