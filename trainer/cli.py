@@ -4,13 +4,15 @@ import math
 import pathlib
 
 
-def add_parser(subparsers) -> None:
-    from llm4msr.trainer.backbones import BACKBONES
-    from llm4msr.trainer.model import KNOWLEDGE_MODES
+# Literal here so that building the CLI parser does not import TensorFlow; ModelConfig validates.
+KNOWLEDGE_MODES = ("none", "user", "scenario", "both")
 
+
+def add_parser(subparsers) -> None:
     train = subparsers.add_parser("train", help="train and evaluate a model on a canonical data set (no TFX)")
     train.add_argument("--data", required=True, help="canonical data set folder (`llm4msr data prepare --out`)")
-    train.add_argument("--backbone", default="dnn", choices=sorted(BACKBONES))
+    train.add_argument("--backbone", default="dnn",
+                       help="dnn, shared_bottom, mmoe, ple, star, or any registered backbone (default dnn)")
     train.add_argument("--knowledge", default="none", choices=KNOWLEDGE_MODES)
     train.add_argument("--knowledge-dir", help="knowledge folder (needed unless --knowledge none)")
     train.add_argument("--seed", type=int, default=0)

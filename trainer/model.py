@@ -7,7 +7,7 @@ the trainable `tfrs.Model` around it.
 `build_model` returns a plain functional `tf.keras.Model` (dict of features -> click probability
 `[B, 1]`, output name `probability`): save it with `model.save(path)` (SavedModel) or
 `model.save("m.keras")` and load it with `tf.keras.models.load_model(path)` after importing
-`llm4msr.trainer` (which registers the layers). Reuse parts in your own functional model:
+`llm4msr.trainer.model` (which registers the layers and backbones). Reuse parts in your own functional model:
 
     from llm4msr.trainer import backbones, layers
     x = layers.FeatureEmbedding({"user_id": 100, "scenario": 3}, 16)(my_inputs)
