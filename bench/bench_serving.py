@@ -6,7 +6,8 @@ the SavedModel; then a version swap under load, counting failed requests.
     .venv/bin/python bench/bench_serving.py --model-dir runs/serving/llm4msr --requests 1000
 
 Aims: gRPC p99 at concurrency 1 within 2x the in-process p99; zero errors during the swap.
-The CPU is shared: the report starts with `uptime`.
+The CPU is shared: the report starts and ends with `uptime`, and the rows marked ⇄ alternate the
+in-process and the gRPC call on every request so that both see the same background load.
 """
 import argparse
 import pathlib
@@ -67,6 +68,19 @@ def in_process_call(model_path, store, requests):
         proto = raw_request(user, scenario, items, store.user_vector(user), store.scenario_vector(scenario))
         batches[id(items)] = {name: tf.make_ndarray(t) for name, t in proto.inputs.items()}
     return lambda request: function(**batches[id(request[2])])["probability"].numpy()
+
+
+def paired(first, second, requests) -> tuple:
+    """Concurrency 1, the two calls alternating on every request, so that both see the same load
+    from whatever else runs on the machine: (stats of first, stats of second)."""
+    timings = ([], [])
+    for request in requests:
+        for call, latencies in zip((first, second), timings):
+            started = time.perf_counter()
+            call(request)
+            latencies.append(time.perf_counter() - started)
+    return tuple({**dict(zip(("p50", "p95", "p99"), np.percentile(np.array(t) * 1000, [50, 95, 99]))),
+                  "rps": len(t) / sum(t), "errors": 0} for t in timings)
 
 
 def start_server(model_dir, port: int, workers: int) -> subprocess.Popen:
@@ -167,9 +181,13 @@ def main(argv=None) -> None:
         print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
         print(f"model {model_dir} version {store.version}, knowledge dim {store.dim}, "
               f"{args.candidates} candidates per request, {args.requests} requests per row\n")
+        build = measure(lambda r: raw_request(r[0], r[1], r[2], store.user_vector(r[0]),
+                                              store.scenario_vector(r[1])).SerializeToString(), requests, 1)
+        print(f"(client-side request building, knowledge lookup to wire bytes: p50 {build['p50']:.2f} ms, "
+              f"p99 {build['p99']:.2f} ms; included in the gRPC rows, not in the in-process ones)\n")
+        call = in_process_call(model_dir / str(store.version), store, requests)
         print("| path       | conc |  p50 ms |  p95 ms |  p99 ms |    req/s | errors |")
         print("|------------|------|---------|---------|---------|----------|--------|")
-        call = in_process_call(model_dir / str(store.version), store, requests)
         measure(call, warm, 1)
         for concurrency in levels:
             print(row("in-process", concurrency, measure(call, requests, concurrency)), flush=True)
@@ -182,6 +200,9 @@ def main(argv=None) -> None:
                 measure(grpc_call, warm, 4)
                 for concurrency in levels:
                     print(row("gRPC", concurrency, measure(grpc_call, requests, concurrency)), flush=True)
+                alone, remote = paired(call, grpc_call, requests)
+                print(row("in-proc ⇄", 1, alone))
+                print(row("gRPC ⇄", 1, remote) + f" p99 ratio {remote['p99'] / alone['p99']:.2f} (aim <= 2)")
                 swap = swap_under_load(model_dir, client, requests, 4)
                 print(row("gRPC+swap", 4, swap) + f" {swap['requests']} requests, versions served: {swap['versions']}")
         finally:

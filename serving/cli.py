@@ -1,4 +1,5 @@
 """`llm4msr serve` (the local TF-Serving-compatible server) and `llm4msr recommend` (a gRPC client)."""
+import contextlib
 import pathlib
 import signal
 import threading
@@ -20,8 +21,8 @@ def add_parser(subparsers) -> None:
     serve.set_defaults(func=_serve)
 
     recommend = subparsers.add_parser("recommend", help="top-k items for a user in a scenario, over gRPC")
-    recommend.add_argument("--user", required=True)
-    recommend.add_argument("--scenario", required=True)
+    recommend.add_argument("--user", help="user id (default: a sample user of the knowledge store)")
+    recommend.add_argument("--scenario", default="all", help="scenario id, or all (default): one list per scenario")
     recommend.add_argument("--candidates", help="file of item ids, one per line (default: every item of --data)")
     recommend.add_argument("--data", help="canonical data set: titles (and candidates) from its items.csv")
     recommend.add_argument("--k", type=int, default=10)
@@ -29,6 +30,8 @@ def add_parser(subparsers) -> None:
     recommend.add_argument("--model-dir", default=DEFAULT_MODEL_DIR, help="push folder: the knowledge store")
     recommend.add_argument("--model-name", default=MODEL_NAME)
     recommend.add_argument("--timeout", type=float, default=10.0, help="deadline per request, seconds")
+    recommend.add_argument("--embedded-server", action="store_true",
+                           help="start the local server on --model-dir for this call (ignores --server)")
     recommend.set_defaults(func=_recommend)
 
 
@@ -62,17 +65,37 @@ def _recommend(args) -> int:
 
     titles = _titles(args.data)
     candidates = _candidates(args.candidates, titles)
-    with ServingClient(args.server, PushedKnowledgeStore.latest(args.model_dir), args.model_name,
-                       timeout=args.timeout) as client:
-        try:
-            top = client.recommend(args.user, args.scenario, candidates, args.k)
-        except grpc.RpcError as error:
-            raise UserFacingError(f"{args.server}: {error.code().name}: {error.details()}") from None
-    print(f"top {len(top)} of {len(candidates)} for user {args.user} in scenario {args.scenario} "
-          f"(model version {client.store.version}):")
-    for rank, (item, score) in enumerate(top, 1):
-        print(f"{rank:>3}  {score:.4f}  {item:>8}  {titles.get(item, '')}")
+    store = PushedKnowledgeStore.latest(args.model_dir)
+    user = args.user or min(store.users)
+    scenarios = sorted(store.scenarios) if args.scenario == "all" else [args.scenario]
+    with contextlib.ExitStack() as stack:
+        target = stack.enter_context(_embedded(args.model_dir, args.model_name)) if args.embedded_server \
+            else args.server
+        client = stack.enter_context(ServingClient(target, store, args.model_name, timeout=args.timeout))
+        for scenario in scenarios:
+            try:
+                top = client.recommend(user, scenario, candidates, args.k)
+            except grpc.RpcError as error:
+                raise UserFacingError(f"{target}: {error.code().name}: {error.details()}") from None
+            print(f"top {len(top)} of {len(candidates)} for user {user} in scenario {scenario} "
+                  f"(model version {client.store.version}, {target}):")
+            for rank, (item, score) in enumerate(top, 1):
+                print(f"{rank:>3}  {score:.4f}  {item:>8}  {titles.get(item, '')}")
     return 0
+
+
+@contextlib.contextmanager
+def _embedded(model_dir, model_name):
+    """The local server on a free 127.0.0.1 port for the duration of a `with` block."""
+    from llm4msr.serving.server import ModelRegistry, make_server
+
+    registry = ModelRegistry(model_dir, model_name)
+    registry.poll()
+    server, port = make_server(registry, port=0)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
 
 
 def _titles(data_dir) -> dict:

@@ -345,11 +345,22 @@ def test_recommend_prints_titles_and_scores(local, model_dir, tmp_path, capsys):
     code = cli.main(["recommend", "--user", "3", "--scenario", "S1", "--candidates", str(candidates),
                      "--data", str(data), "--k", "3", "--server", local.target, "--model-dir", str(model_dir)])
     out = capsys.readouterr().out.splitlines()
-    assert code == 0 and len(out) == 4 and "top 3 of 50 for user 3 in scenario S1" in out[0]
+    assert code == 0 and len(out) == 4 and f"top 3 of 50 for user 3 in scenario S1 (model version 1, {local.target})" \
+        in out[0]
     with ServingClient(local.target, PushedKnowledgeStore.latest(model_dir)) as client:
         expected = client.recommend("3", "S1", CANDIDATES[:50], 3)
     for line, (item, score) in zip(out[1:], expected):
         assert f"{score:.4f}" in line and f"Movie {item}, The (1999)" in line
+
+
+def test_recommend_every_scenario_through_an_embedded_server(model_dir, tmp_path, capsys):
+    candidates = tmp_path / "candidates.txt"
+    candidates.write_text("\n".join(CANDIDATES) + "\n")
+    code = cli.main(["recommend", "--candidates", str(candidates), "--k", "5", "--model-dir", str(model_dir),
+                     "--embedded-server"])
+    out = capsys.readouterr().out.splitlines()
+    headers = [line for line in out if line.startswith("top 5 of 100 for user 1 in scenario")]  # min("1".."40")
+    assert code == 0 and len(out) == 3 * 6 and [h.split()[9] for h in headers] == ["S0", "S1", "S2"]
 
 
 def test_recommend_without_candidates_is_a_clear_error(model_dir, capsys):
