@@ -167,7 +167,8 @@ def flatten(result: dict, settings_hash: str) -> dict:
     """One results.csv row: keys, budget, then every metric overall and per scenario."""
     row = {"backbone": result["backbone"], "knowledge": result["knowledge"], "seed": int(result["seed"]),
            "epochs": result["epochs"], "best_epoch": result["best_epoch"],
-           "train_seconds": result["train_seconds"], "parameters": result["parameters"]}
+           "train_seconds": result["train_seconds"], "parameters": result["parameters"],
+           "best_eval_auc": result["best_eval_auc"]}
     for split in ("test", "eval"):
         for metric in METRICS:
             row[f"{split}_{metric}"] = result[split]["overall"][metric]

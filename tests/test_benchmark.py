@@ -1,0 +1,175 @@
+"""`llm4msr benchmark` on the tiny MovieLens fixture (outputs, resume, settings guard) and the lift
+arithmetic on a hand-made results table."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llm4msr.cli import main
+from llm4msr.pipeline.data.prepare import prepare
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, KnowledgeRecord, write_knowledge
+from llm4msr.trainer import benchmark
+
+GRID = ["--backbones", "dnn,star", "--knowledge", "none,both", "--seeds", "2", "--epochs", "1",
+        "--batch-size", "512"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_movielens, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare("movielens-latest-small", out, data_dir=tiny_movielens, download=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_knowledge(tiny_data, tmp_path_factory):
+    """Random 8-wide vectors for all but the first few users (they get the cold-start vector)."""
+    rng = np.random.default_rng(0)
+    users = sorted({line.split(",")[0] for line in (tiny_data / "interactions.csv").read_text().splitlines()[1:]})
+    records = {u: KnowledgeRecord(u, rng.normal(size=8).astype(np.float32)) for u in [*users[3:], COLD_START_ID]}
+    scenarios = {s: KnowledgeRecord(s, rng.normal(size=8).astype(np.float32)) for s in ("S0", "S1", "S2")}
+    return write_knowledge(tmp_path_factory.mktemp("knowledge") / "k", records, scenarios, {"dim": 8})
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tiny_data, tiny_knowledge, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "out"
+    code = main(["benchmark", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
+                 "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_grid_writes_one_row_per_run_with_every_metric(finished_grid):
+    table = pd.read_csv(finished_grid / "results.csv")
+    assert len(table) == 8
+    assert sorted(zip(table["backbone"], table["knowledge"], table["seed"])) == sorted(
+        (b, m, s) for b in ("dnn", "star") for m in ("none", "both") for s in (0, 1))
+    for column in ("epochs", "train_seconds", "best_eval_auc", "test_auc", "test_logloss", "test_gauc",
+                   "test_examples", "eval_auc"):
+        assert column in table
+    for scenario in ("S0", "S1", "S2"):
+        for metric in ("auc", "logloss", "gauc", "examples"):
+            assert f"test_{scenario}_{metric}" in table
+    assert (table["test_examples"] == 298).all()  # the fixture's test split
+    assert (table[["test_S0_examples", "test_S1_examples", "test_S2_examples"]].sum(axis=1) == 298).all()
+    assert table["test_auc"].between(0, 1).all() and (table["epochs"] == 1).all()
+    assert (table["train_seconds"] > 0).all()
+    assert table["settings"].nunique() == 1
+
+
+def test_grid_writes_markdown_and_small_plots(finished_grid):
+    report = (finished_grid / "results.md").read_text()
+    for heading in ("## Overall test AUC", "## Overall test logloss", "## Overall test gAUC",
+                    "## Test AUC per scenario", "### S2", "## Lift of each knowledge mode over `none`",
+                    "## Target: `both` above `none`"):
+        assert heading in report
+    assert "| dnn | both |" in report and " ± " in report
+    for name in ("auc_per_scenario.png", "lift.png"):
+        data = (finished_grid / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 200_000
+    assert not list(finished_grid.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_rerun_skips_finished_runs_and_resumes_missing_ones(finished_grid, tiny_data, tiny_knowledge, capsys,
+                                                            monkeypatch):
+    table = pd.read_csv(finished_grid / "results.csv")
+    kept = table[~((table["backbone"] == "star") & (table["knowledge"] == "both") & (table["seed"] == 1))]
+    kept.to_csv(finished_grid / "results.csv", index=False)  # as if killed before the last run
+    trained = []
+    original = benchmark.Workspace.train
+
+    def counting(self, config, seed, *args, **kwargs):
+        trained.append((config.backbone, config.knowledge, seed))
+        return original(self, config, seed, *args, **kwargs)
+    monkeypatch.setattr(benchmark.Workspace, "train", counting)
+    capsys.readouterr()
+    code = main(["benchmark", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
+                 "--out", str(finished_grid)])
+    assert code == 0
+    assert trained == [("star", "both", 1)]
+    assert "7 already in" in capsys.readouterr().out
+    after = pd.read_csv(finished_grid / "results.csv")
+    assert len(after) == 8
+    pd.testing.assert_frame_equal(after.iloc[:7].reset_index(drop=True), kept.reset_index(drop=True),
+                                  check_dtype=False)
+    # nothing left: a third invocation trains nothing
+    trained.clear()
+    assert main(["benchmark", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
+                 "--out", str(finished_grid)]) == 0
+    assert trained == []
+
+
+def test_other_settings_refuse_to_mix_with_existing_results(finished_grid, tiny_data, tiny_knowledge, capsys):
+    code = main(["benchmark", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
+                 "--set", "learning_rate=0.01", "--out", str(finished_grid)])
+    assert code == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_knowledge_modes_without_knowledge_dir_fail_clearly(tiny_data, tmp_path, capsys):
+    code = main(["benchmark", "--data", str(tiny_data), *GRID, "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "--knowledge-dir" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _hand_table():
+    """dnn: none 0.70/0.71/0.72, both +0.02 each seed (paired std 0), user +0.001/-0.001/+0.003;
+    star: none 0.75/0.75/0.75, both 0.76/0.74/0.78 (noisy)."""
+    rows = []
+    for seed, base in enumerate([0.70, 0.71, 0.72]):
+        rows.append(("dnn", "none", seed, base, base - 0.01))
+        rows.append(("dnn", "both", seed, base + 0.02, base - 0.005))  # S0 better
+        rows.append(("dnn", "user", seed, base + [0.001, -0.001, 0.003][seed], base - 0.02))  # S0 worse
+    for seed, (none, both) in enumerate([(0.75, 0.76), (0.75, 0.74), (0.75, 0.78)]):
+        rows.append(("star", "none", seed, none, none))
+        rows.append(("star", "both", seed, both, both))
+    return pd.DataFrame(rows, columns=["backbone", "knowledge", "seed", "test_auc", "test_S0_auc"])
+
+
+def test_lift_table_on_a_hand_made_table():
+    lifts = benchmark.lift_table(_hand_table()).set_index(["backbone", "knowledge"])
+    both = lifts.loc[("dnn", "both")]
+    assert both["lift"] == pytest.approx(0.02) and both["lift_pct"] == pytest.approx(100 * 0.02 / 0.71)
+    assert both["std_lift"] == pytest.approx(0.0, abs=1e-12)
+    assert both["std_none"] == pytest.approx(0.01) and both["sigma"] == pytest.approx(0.01)
+    assert not both["significant"]  # 0.02 is exactly 2 sigma: not more than
+    user = lifts.loc[("dnn", "user")]
+    assert user["lift"] == pytest.approx(0.001)
+    assert user["std_lift"] == pytest.approx(np.std([0.001, -0.001, 0.003], ddof=1))
+    star = lifts.loc[("star", "both")]
+    assert star["lift"] == pytest.approx(0.01) and star["std_none"] == pytest.approx(0.0)
+    assert star["sigma"] == pytest.approx(0.02) and not star["significant"] and star["seeds"] == 3
+    assert ("star", "none") not in lifts.index
+
+
+def test_lift_is_significant_only_beyond_twice_the_largest_std():
+    table = _hand_table()
+    table.loc[(table["backbone"] == "dnn") & (table["knowledge"] == "both"), "test_auc"] += 0.001
+    lifts = benchmark.lift_table(table).set_index(["backbone", "knowledge"])
+    assert lifts.loc[("dnn", "both"), "significant"]  # 0.021 > 2 x 0.01
+
+
+def test_target_check_requires_significance_and_no_worse_scenario():
+    table = _hand_table()
+    table.loc[(table["backbone"] == "dnn") & (table["knowledge"] == "both"), "test_auc"] += 0.005
+    check = benchmark.target_check(table, "both").set_index("backbone")
+    assert check.loc["dnn", "met"] and check.loc["dnn", "no_scenario_worse"]
+    assert check.loc["dnn", "worst_scenario"] == "S0"
+    assert check.loc["dnn", "worst_scenario_lift"] == pytest.approx(0.005)
+    assert not check.loc["star", "met"]
+    user = benchmark.target_check(table, "user").set_index("backbone")
+    assert not user.loc["dnn", "no_scenario_worse"] and not user.loc["dnn", "met"]
+
+
+def test_report_renders_from_a_hand_made_table(tmp_path):
+    table = _hand_table()
+    table["test_logloss"], table["test_gauc"], table["train_seconds"], table["epochs"] = 0.6, 0.6, 10.0, 3
+    benchmark.write_report(table, tmp_path)
+    report = (tmp_path / "results.md").read_text()
+    assert "| dnn | 0.7100 ± 0.0100 |" in report  # none column first
+    assert "| dnn | both | +0.0200 | +2.82 % | 0.0000 | 0.0100 | no | 3 |" in report
+    assert (tmp_path / "lift.png").stat().st_size < 200_000
+    assert not math.isnan(benchmark.summarize(table, "test_auc").loc[("star", "both"), "std"])
