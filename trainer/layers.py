@@ -96,17 +96,41 @@ class Cross(tfrs.layers.dcn.Cross):
 @serializable
 class KnowledgeProjector(tf.keras.layers.Layer):
     """Projects a frozen LLM knowledge vector `[B, d_llm]` to `[B, units]`. The vector is layer-
-    normalised first because hidden-state scales differ a lot between LLMs."""
+    normalised first because hidden-state scales differ a lot between LLMs.
+
+    `Dense(LayerNorm(k))` is computed in one fused, exact form: with `m`, `s` the row mean and
+    `1/sqrt(var + eps)`, it equals `s * (k @ (gamma * W) - m * sum(gamma * W)) + (beta @ W + b)`.
+    The `[B, d_llm]` work is one matmul and the row statistics, which need no gradient (the
+    knowledge is an input); the normalised `[B, d_llm]` tensor and its backward pass (the costly
+    part: ~8x the projection itself on CPU) never exist. Variables are those of the
+    `LayerNormalization` and `Dense` sublayers, so checkpoints are unchanged."""
 
     def __init__(self, units: int = 32, activation: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         self.units, self.activation = units, activation
+        self._activation = tf.keras.activations.get(activation)
         self.norm = tf.keras.layers.LayerNormalization()
         self.dense = tf.keras.layers.Dense(units, activation=activation)
 
+    def build(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
+        for layer, shape in ((self.norm, input_shape), (self.dense, input_shape)):
+            with tf.name_scope(layer.name):
+                layer.build(shape)
+        super().build(input_shape)
+
     @no_autograph
     def call(self, knowledge):
-        return self.dense(self.norm(knowledge))
+        k = tf.cast(knowledge, self.compute_dtype)
+        width = tf.cast(tf.shape(k)[-1], k.dtype)
+        kernel = self.norm.gamma[:, None] * self.dense.kernel  # [d_llm, units]
+        # one GEMM gives the projection and (last column) the row mean
+        both = tf.matmul(k, tf.concat([kernel, tf.ones_like(kernel[:, :1]) / width], axis=1))
+        product, mean = both[:, :-1], both[:, -1:]
+        variance = tf.maximum(tf.reduce_mean(tf.square(k), axis=-1, keepdims=True) - tf.square(mean), 0.0)
+        scale = tf.math.rsqrt(variance + self.norm.epsilon)
+        bias = tf.linalg.matvec(self.dense.kernel, self.norm.beta, transpose_a=True) + self.dense.bias
+        return self._activation(scale * (product - mean * tf.reduce_sum(kernel, axis=0)) + bias)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation}
@@ -128,11 +152,39 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
             return tf.keras.layers.Dense(width, kernel_initializer=small)
         self.u_head, self.v_head, self.b_head = head(units * rank), head(units * rank), head(units)
 
+    def build(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
+        hidden_shape = input_shape[:-1].concatenate([self.hidden_units])
+        for layer, shape in ((self.hidden, input_shape), (self.u_head, hidden_shape),
+                             (self.v_head, hidden_shape), (self.b_head, hidden_shape)):
+            with tf.name_scope(layer.name):
+                layer.build(shape)
+        super().build(input_shape)
+
     @no_autograph
     def call(self, z):
         h = self.hidden(z)
         shape = [-1, self.units, self.rank]
         return tf.reshape(self.u_head(h), shape), tf.reshape(self.v_head(h), shape), self.b_head(h)
+
+    def apply(self, x, z, activation):
+        """`activation(x U(z) V(z)^T + b(z)) + x`, the same value as `low_rank_apply(x, *self(z), ...)`
+        without materialising `U`, `V` (`[B, units, rank]` each). `U` and `V` are linear in the hidden
+        activations `h1 = [h, 1]`, so with the heads' kernels viewed as `[g+1, units, rank]`:
+        `x U = sum_g h1_g (x Wu_g)` is one `[B, units] x [units, (g+1) rank]` GEMM and a tiny
+        contraction, and `(x U) V^T = (h1 (x) xU) Wv` is one `[B, (g+1) rank] x [(g+1) rank, units]`
+        GEMM. All work is GEMMs on 2-D tensors; no per-example batched matmul."""
+        d, r = self.units, self.rank
+        h = self.hidden(z)
+        h1 = tf.concat([h, tf.ones_like(h[:, :1])], axis=1)  # [B, g+1]
+        g1 = self.hidden_units + 1
+        wu = tf.concat([self.u_head.kernel, self.u_head.bias[None]], axis=0)  # [g+1, d*r]: (g, d, r)
+        wv = tf.concat([self.v_head.kernel, self.v_head.bias[None]], axis=0)
+        wu = tf.reshape(tf.transpose(tf.reshape(wu, [g1, d, r]), [1, 0, 2]), [d, g1 * r])  # [d, (g, r)]
+        wv = tf.reshape(tf.transpose(tf.reshape(wv, [g1, d, r]), [0, 2, 1]), [g1 * r, d])  # [(g, r), d]
+        xu = tf.reduce_sum(tf.reshape(tf.matmul(x, wu), [-1, g1, r]) * h1[:, :, None], axis=1)  # [B, r]
+        outer = tf.reshape(h1[:, :, None] * xu[:, None, :], [-1, g1 * r])
+        return activation(tf.matmul(outer, wv) + self.b_head(h)) + x
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "rank": self.rank,
@@ -160,14 +212,14 @@ class MetaDense(tf.keras.layers.Layer):
     def build(self, input_shape):
         width = int(input_shape[0][-1])
         self.generator = MetaWeightGenerator(width, self.rank, self.generator_units, name="generator")
-        self.generator.build(input_shape[1])
+        with tf.name_scope(self.generator.name):
+            self.generator.build(input_shape[1])
         super().build(input_shape)
 
     @no_autograph
     def call(self, inputs):
         x, z = inputs
-        u, v, b = self.generator(z)
-        return low_rank_apply(x, u, v, b, self._activation)
+        return self.generator.apply(x, z, self._activation)  # == low_rank_apply(x, *self.generator(z), act)
 
     def get_config(self):
         return {**super().get_config(), "rank": self.rank, "generator_units": self.generator_units,
@@ -184,24 +236,28 @@ class UserMetaStack(tf.keras.layers.Layer):
     personalising the input representation before the backbone sees it."""
 
     def __init__(self, num_layers: int = 2, projection_dim: int = 32, rank: int = 4,
-                 generator_units: int = 64, activation: str = "relu", **kwargs):
+                 generator_units: int = 64, activation: str = "relu", return_projection: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_layers, self.projection_dim, self.rank = num_layers, projection_dim, rank
         self.generator_units, self.activation = generator_units, activation
+        self.return_projection = return_projection
         self.projector = KnowledgeProjector(projection_dim, name="user_projector")
         self.meta_layers = _meta_layers(num_layers, rank, generator_units, activation)
 
     @no_autograph
     def call(self, inputs):
+        """`x'`, or `(x', z_u)` with `return_projection=True`: the projected user knowledge
+        `[B, projection_dim]`, for a `ScenarioMetaTower(user_projected=True)` to reuse."""
         x, knowledge = inputs
         z = self.projector(knowledge)
         for layer in self.meta_layers:
             x = layer([x, z])
-        return x
+        return (x, z) if self.return_projection else x
 
     def get_config(self):
         return {**super().get_config(), "num_layers": self.num_layers, "projection_dim": self.projection_dim,
-                "rank": self.rank, "generator_units": self.generator_units, "activation": self.activation}
+                "rank": self.rank, "generator_units": self.generator_units, "activation": self.activation,
+                "return_projection": self.return_projection}
 
 
 @serializable
@@ -209,27 +265,54 @@ class ScenarioMetaTower(tf.keras.layers.Layer):
     """Scenario-level meta layers in parallel with a backbone: `[x, scenario_knowledge]` or, with
     `hierarchical=True`, `[x, scenario_knowledge, user_knowledge]` -> a logit `[B, 1]` to add to the
     backbone's. In the hierarchical form the generators see both projected vectors, so the
-    scenario-level weights are specialised per user too."""
+    scenario-level weights are specialised per user too.
+
+    Two options avoid per-example work on the wide knowledge vectors (`build_model` uses both):
+
+    * `user_projected=True`: the third input is the user knowledge already projected (`[B, d_k]`,
+      e.g. `UserMetaStack(return_projection=True)`'s second output), so the user vector is
+      projected once per model, not once per level; the tower then has no user projector.
+    * `num_scenarios=S`: a last input, the scenario index `[B]`, follows. The scenario knowledge is
+      a function of the scenario, so only one row per scenario present in the batch is projected
+      (`[S, d_llm]` instead of `[B, d_llm]`) and the projections are gathered back per example.
+      Rows of the same scenario must be equal (they are by construction: one vector per scenario);
+      otherwise the first row of each scenario in the batch is used.
+    """
 
     def __init__(self, num_layers: int = 2, projection_dim: int = 32, rank: int = 4,
                  generator_units: int = 64, hidden_units: Sequence[int] = (32,), hierarchical: bool = False,
-                 activation: str = "relu", dropout: float = 0.0, **kwargs):
+                 activation: str = "relu", dropout: float = 0.0, user_projected: bool = False,
+                 num_scenarios: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
         self.num_layers, self.projection_dim, self.rank = num_layers, projection_dim, rank
         self.generator_units, self.hidden_units = generator_units, list(hidden_units)
         self.hierarchical, self.activation, self.dropout = hierarchical, activation, dropout
+        self.user_projected, self.num_scenarios = user_projected, num_scenarios
         self.scenario_projector = KnowledgeProjector(projection_dim, name="scenario_projector")
-        self.user_projector = KnowledgeProjector(projection_dim, name="user_projector") if hierarchical else None
+        self.user_projector = (KnowledgeProjector(projection_dim, name="user_projector")
+                               if hierarchical and not user_projected else None)
         self.meta_layers = _meta_layers(num_layers, rank, generator_units, activation)
         self.mlp = MLP(self.hidden_units, activation, dropout, name="mlp")
         self.logit = tf.keras.layers.Dense(1, name="logit")
 
+    def _project_scenarios(self, knowledge, scenario):
+        """Projects one row per scenario and gathers the projections back per example."""
+        index = tf.cast(as_vector(scenario), tf.int32)
+        rows = tf.range(tf.shape(index)[0])
+        first = tf.math.unsorted_segment_min(rows, index, self.num_scenarios)  # absent: int32 max
+        first = tf.minimum(first, tf.maximum(tf.shape(index)[0] - 1, 0))
+        return tf.gather(self.scenario_projector(tf.gather(knowledge, first)), index)
+
     @no_autograph
     def call(self, inputs, training=None):
         x, scenario_knowledge = inputs[0], inputs[1]
-        z = self.scenario_projector(scenario_knowledge)
+        if self.num_scenarios:
+            z = self._project_scenarios(scenario_knowledge, inputs[-1])
+        else:
+            z = self.scenario_projector(scenario_knowledge)
         if self.hierarchical:
-            z = tf.concat([z, self.user_projector(inputs[2])], axis=1)
+            user = inputs[2]
+            z = tf.concat([z, user if self.user_projected else self.user_projector(user)], axis=1)
         for layer in self.meta_layers:
             x = layer([x, z])
         return self.logit(self.mlp(x, training=training))
@@ -237,7 +320,8 @@ class ScenarioMetaTower(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_layers": self.num_layers, "projection_dim": self.projection_dim,
                 "rank": self.rank, "generator_units": self.generator_units, "hidden_units": self.hidden_units,
-                "hierarchical": self.hierarchical, "activation": self.activation, "dropout": self.dropout}
+                "hierarchical": self.hierarchical, "activation": self.activation, "dropout": self.dropout,
+                "user_projected": self.user_projected, "num_scenarios": self.num_scenarios}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -123,8 +123,11 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
     x = FeatureEmbedding(spec.categorical, config.embedding_dim, spec.dense, name="features")(features)
     meta = dict(projection_dim=config.projection_dim, rank=config.meta_rank,
                 generator_units=config.meta_generator_units)
+    user_projection = None
     if config.uses_user_knowledge:
-        x = UserMetaStack(config.meta_layers, name="user_meta", **meta)([x, inputs[USER_KNOWLEDGE]])
+        # the user vector is projected once; the hierarchical scenario tower reuses the projection
+        x, user_projection = UserMetaStack(config.meta_layers, name="user_meta", return_projection=True,
+                                           **meta)([x, inputs[USER_KNOWLEDGE]])
     x0 = x
     for index in range(config.cross_layers):
         x = Cross(name=f"cross_{index}")(x0, x)
@@ -133,9 +136,11 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
     if config.uses_scenario_knowledge:
         tower_inputs = [x, inputs[SCENARIO_KNOWLEDGE]]
         if config.uses_user_knowledge:
-            tower_inputs.append(inputs[USER_KNOWLEDGE])  # the hierarchy: user-specialised scenario weights
+            tower_inputs.append(user_projection)  # the hierarchy: user-specialised scenario weights
+        tower_inputs.append(scenario)  # scenario knowledge is projected once per scenario in the batch
         tower = ScenarioMetaTower(config.meta_layers, hidden_units=config.meta_tower_units,
                                   hierarchical=config.uses_user_knowledge, dropout=config.dropout,
+                                  user_projected=config.uses_user_knowledge, num_scenarios=spec.num_scenarios,
                                   name="scenario_meta", **meta)
         logit = tf.keras.layers.Add(name="logit")([logit, tower(tower_inputs)])
     probability = tf.keras.layers.Activation("sigmoid", name="probability")(logit)
