@@ -103,6 +103,45 @@ def test_meta_dense_equals_the_full_low_rank_weight():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_fused_meta_layers_equal_their_reference_maths():
+    """The knowledge projector's fused form equals Dense(LayerNorm(k)); the meta dense layer's
+    GEMM-only form equals `low_rank_apply` on the generated U, V, b."""
+    rng = np.random.default_rng(3)
+    k = tf.constant(rng.normal(size=(7, 24)).astype(np.float32) * 2 + 0.5)
+    projector = layers.KnowledgeProjector(5, activation="relu")
+    projector(k)
+    for variable in projector.weights:
+        variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+    reference = projector.dense(projector.norm(k)).numpy()
+    np.testing.assert_allclose(projector(k).numpy(), reference, rtol=1e-4, atol=1e-4)
+    x, z = tf.random.normal([6, 5], seed=1), tf.random.normal([6, 3], seed=2)
+    layer = layers.MetaDense(rank=3, generator_units=4)
+    layer([x, z])
+    for variable in layer.weights:
+        variable.assign(0.3 * rng.normal(size=variable.shape).astype(np.float32))
+    u, v, b = layer.generator(z)
+    np.testing.assert_allclose(layer([x, z]).numpy(), layers.low_rank_apply(x, u, v, b, tf.nn.relu).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_scenario_tower_projects_once_per_scenario_and_reuses_the_user_projection():
+    rng = np.random.default_rng(4)
+    scenario = np.array([2, 0, 2, 1, 0, 2])
+    table = rng.normal(size=(SCENARIOS, DIM)).astype(np.float32)
+    x = tf.constant(rng.normal(size=(6, 5)).astype(np.float32))
+    user = tf.constant(rng.normal(size=(6, 4)).astype(np.float32))
+    args = dict(num_layers=1, projection_dim=4, rank=2, generator_units=8, hidden_units=[4], hierarchical=True)
+    plain = layers.ScenarioMetaTower(user_projected=True, **args)
+    deduped = layers.ScenarioMetaTower(user_projected=True, num_scenarios=SCENARIOS, **args)
+    expected = plain([x, table[scenario], user])
+    deduped([x, table[scenario], user, scenario])
+    deduped.set_weights(plain.get_weights())
+    np.testing.assert_allclose(deduped([x, table[scenario], user, scenario]).numpy(), expected.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert plain.user_projector is None
+    assert layers.ScenarioMetaTower.from_config(deduped.get_config()).num_scenarios == SCENARIOS
+
+
 def test_meta_weights_depend_on_knowledge_and_start_near_identity():
     layer = layers.MetaDense(rank=2, generator_units=8)
     x = tf.random.normal([6, 5], seed=1)

@@ -184,7 +184,9 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
         wv = tf.reshape(tf.transpose(tf.reshape(wv, [g1, d, r]), [0, 2, 1]), [g1 * r, d])  # [(g, r), d]
         xu = tf.reduce_sum(tf.reshape(tf.matmul(x, wu), [-1, g1, r]) * h1[:, :, None], axis=1)  # [B, r]
         outer = tf.reshape(h1[:, :, None] * xu[:, None, :], [-1, g1 * r])
-        return activation(tf.matmul(outer, wv) + self.b_head(h)) + x
+        # the bias head rides in the same GEMM: [h1 (x) xU, h1] @ [Wv; Wb, bb]
+        wb = tf.concat([self.b_head.kernel, self.b_head.bias[None]], axis=0)  # [g+1, d]
+        return activation(tf.matmul(tf.concat([outer, h1], axis=1), tf.concat([wv, wb], axis=0))) + x
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "rank": self.rank,
