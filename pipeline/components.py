@@ -9,7 +9,7 @@
   `Split-*` folders that example readers read), so the Trainer can ship the same knowledge with
   the model it trains on them: a served model and its knowledge store are one version.
 """
-import json
+import csv
 import os
 from typing import Dict, Iterable, Tuple
 
@@ -49,24 +49,39 @@ def CanonicalExampleGen(
     dataset_fingerprint: Parameter[str],  # part of the cache key: changed data is never a cache hit
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
-    from llm4msr.pipeline.data.canonical import read_dataset
+    """Validates the set (errors name file, line and field), then converts interactions.csv to
+    tf.Examples in Beam workers, one read routed to the three splits."""
+    from llm4msr.pipeline.data.canonical import INTERACTIONS, read_dataset
 
     del dataset_fingerprint
-    interactions = read_dataset(dataset_dir).interactions
+    read_dataset(dataset_dir)
+    path = os.path.join(dataset_dir, INTERACTIONS)
+    with open(path, encoding="utf-8") as handle:
+        header = next(csv.reader(handle))
+    if "split" not in header:
+        raise UserFacingError(f"{path}: no 'split' column; write the set with `llm4msr data prepare "
+                              f"--source canonical --data-dir {dataset_dir} --out DIR`, which assigns splits")
     _mark_examples(examples)
     with beam_pipeline as pipeline:
+        by_split = (pipeline
+                    | "ReadInteractions" >> beam.io.ReadFromText(path, skip_header_lines=1)
+                    | "ToExample" >> beam.ParDo(_LineToExample(header)).with_outputs(*SPLITS))
         for split in SPLITS:
-            rows = interactions.loc[interactions["split"] == split, list(FEATURES) + [LABEL]]
-            (pipeline
-             | f"Rows[{split}]" >> beam.Create(rows.to_dict("records"), reshuffle=False)
-             | f"ToExample[{split}]" >> beam.Map(_row_to_example)
-             | f"Write[{split}]" >> _write_split(examples, split))
+            _ = by_split[split] | f"Write[{split}]" >> _write_split(examples, split)
 
 
-def _row_to_example(row: dict) -> bytes:
-    feature = {name: _bytes_feature(row[name]) for name in FEATURES}
-    feature[LABEL] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row[LABEL])]))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+class _LineToExample(beam.DoFn):
+    """A canonical interactions.csv line -> (split, serialized tf.Example) as a tagged output."""
+
+    def __init__(self, header):
+        self._header = header
+
+    def process(self, line: str):
+        row = dict(zip(self._header, next(csv.reader([line]))))
+        feature = {name: _bytes_feature(row[name]) for name in FEATURES}
+        feature[LABEL] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row[LABEL])]))
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        yield beam.pvalue.TaggedOutput(row["split"], example.SerializeToString())
 
 
 # -- KnowledgeExtractor ----------------------------------------------------------------------------
@@ -95,9 +110,14 @@ def KnowledgeExtractor(
 
 
 def _beam_args(beam_pipeline: beam.Pipeline):
-    """The pipeline's Beam options as command-line flags, for a nested Beam job."""
+    """The pipeline's Beam options as flags for the nested knowledge job. On the local DirectRunner
+    the job stays in one process: the encoder's TF threads already use every core, and one model
+    per worker process would only compete for them (and load the model once per worker)."""
+    options = beam_pipeline.options.get_all_options(drop_default=True)
+    if options.get("runner") in (None, "DirectRunner"):
+        options = {k: v for k, v in options.items() if not k.startswith("direct_")}
     flags = []
-    for key, value in beam_pipeline.options.get_all_options(drop_default=True).items():
+    for key, value in options.items():
         if value is None or value is False:
             continue
         if value is True:

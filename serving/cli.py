@@ -64,7 +64,7 @@ def _recommend(args) -> int:
     from llm4msr.serving.knowledge_store import PushedKnowledgeStore
 
     titles = _titles(args.data)
-    candidates = _candidates(args.candidates, titles)
+    listed = _candidates(args.candidates, titles)
     store = PushedKnowledgeStore.latest(args.model_dir)
     user = args.user or min(store.users)
     scenarios = sorted(store.scenarios) if args.scenario == "all" else [args.scenario]
@@ -73,6 +73,7 @@ def _recommend(args) -> int:
             else args.server
         client = stack.enter_context(ServingClient(target, store, args.model_name, timeout=args.timeout))
         for scenario in scenarios:
+            candidates = _unseen_in_scenario(args.data, user, scenario, listed) if args.data else listed
             try:
                 top = client.recommend(user, scenario, candidates, args.k)
             except grpc.RpcError as error:
@@ -108,6 +109,22 @@ def _titles(data_dir) -> dict:
         raise UserFacingError(f"{path} is missing (--data takes a canonical data set folder)")
     items = pd.read_csv(path, dtype={"item_id": str}, usecols=["item_id", "title"], keep_default_na=False)
     return dict(zip(items["item_id"], items["title"]))
+
+
+def _unseen_in_scenario(data_dir, user: str, scenario: str, candidates: list) -> list:
+    """The candidates that occur in `scenario` in the data set (for genre scenarios: the scenario's
+    items) and that the user has not interacted with in training."""
+    import pandas as pd
+
+    path = pathlib.Path(data_dir) / "interactions.csv"
+    if not path.is_file():  # items.csv alone: titles, but nothing to filter by
+        return candidates
+    frame = pd.read_csv(path, dtype=str,
+                        usecols=["user_id", "item_id", "scenario", "split"])
+    in_scenario = set(frame.loc[frame["scenario"] == scenario, "item_id"])
+    seen = set(frame.loc[(frame["user_id"] == user) & (frame["split"] == "train"), "item_id"])
+    kept = [item for item in candidates if item in in_scenario and item not in seen]
+    return kept or candidates
 
 
 def _candidates(path, titles: dict) -> list:

@@ -21,14 +21,12 @@ import tensorflow_transform as tft
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from llm4msr.pipeline.components import (FEATURES, KNOWLEDGE_DIR, LABEL, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE,
-                                         copy_tree)
+from llm4msr.pipeline.components import FEATURES, KNOWLEDGE_DIR, LABEL, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.serving.assets import write_serving_assets
 from llm4msr.transform.preprocessing import ID_FEATURES, OOV_BUCKETS
 
 PREDICTION_KEY = "probability"
 RAW_SIGNATURE = "predict_raw"
-MODEL_NAME = "llm4msr"  # the TF Serving model name the configs in serving/configs use
-WARMUP_FILE = "tf_serving_warmup_requests"
 WARMUP_EXAMPLES = 16
 
 
@@ -48,9 +46,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                                                               restore_best_weights=True)],
                   verbose=2)
     export(ranking.model, tft_output, fn_args.serving_model_dir)
-    extras = os.path.join(fn_args.serving_model_dir, "assets.extra")
-    copy_tree(os.path.join(_examples_root(fn_args.train_files), KNOWLEDGE_DIR), os.path.join(extras, KNOWLEDGE_DIR))
-    write_warmup(os.path.join(extras, WARMUP_FILE), _serialized_examples(fn_args.eval_files, WARMUP_EXAMPLES))
+    knowledge = os.path.join(_examples_root(fn_args.train_files), KNOWLEDGE_DIR)
+    samples = _warmup_samples(_serialized_examples(fn_args.eval_files, WARMUP_EXAMPLES))
+    write_serving_assets(fn_args.serving_model_dir, knowledge, item_ids=[], samples=samples)
 
 
 def input_spec(tft_output: tft.TFTransformOutput, num_scenarios: int) -> dict:
@@ -83,27 +81,14 @@ def _serialized_examples(split_files, count: int):
     return [record.numpy() for record in records]
 
 
-def write_warmup(path: str, serialized_examples) -> None:
-    """TF Serving replays these `PredictionLog`s when it loads the version (both signatures)."""
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
-    examples = [tf.train.Example.FromString(s) for s in serialized_examples]
-    requests = [predict_pb2.PredictRequest(
-        model_spec=model_pb2.ModelSpec(name=MODEL_NAME, signature_name="serving_default"),
-        inputs={"examples": tf.make_tensor_proto(serialized_examples, dtype=tf.string)})]
-    raw = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=MODEL_NAME, signature_name=RAW_SIGNATURE))
-    for name in FEATURES:
-        raw.inputs[name].CopyFrom(tf.make_tensor_proto(
-            [e.features.feature[name].bytes_list.value[0] for e in examples], dtype=tf.string))
-    for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE):
-        raw.inputs[name].CopyFrom(tf.make_tensor_proto(
-            [list(e.features.feature[name].float_list.value) for e in examples], dtype=tf.float32))
-    requests.append(raw)
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.TFRecordWriter(path) as writer:
-        for request in requests:
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
+def _warmup_samples(serialized_examples):
+    """Real eval examples as (user, scenario, [items]) warmup requests, one per user and scenario."""
+    samples = {}
+    for record in serialized_examples:
+        feature = tf.train.Example.FromString(record).features.feature
+        user, item, scenario = (feature[name].bytes_list.value[0].decode() for name in FEATURES)
+        samples.setdefault((user, scenario), []).append(item)
+    return [(user, scenario, items) for (user, scenario), items in samples.items()]
 
 
 def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) -> None:
@@ -115,7 +100,7 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
     def predict(raw_features):
         return {PREDICTION_KEY: model(model.tft_layer(raw_features))}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(examples):
         return predict(tf.io.parse_example(examples, raw_spec))
 
@@ -123,13 +108,13 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
     raw_signature.update({name: tf.TensorSpec([None, dim], tf.float32, name=name)
                           for name, dim in knowledge_dims.items()})
 
-    @tf.function(input_signature=[raw_signature])
+    @tf.function(input_signature=[raw_signature], autograph=False)
     def serve_raw(features):
         # the Transform graph was traced on parsed examples, whose scalar features are [B, 1]
         return predict({name: tf.expand_dims(value, -1) if name in FEATURES else value
                         for name, value in features.items()})
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(examples):
         raw = tf.io.parse_example(examples, raw_spec)
         return model.tft_layer(raw)

@@ -5,16 +5,15 @@ contract: ids are strings, labels 0/1, timestamps integers, scenarios listed in 
 items listed in items.csv, no duplicate (user, item, timestamp) rows.
 """
 import json
-import os
 import pathlib
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import pandas as pd
 
 from llm4msr.errors import DataError
+from llm4msr.files import replace_dir, staging_dir
 from llm4msr.pipeline.data.scenarios import Scenario
 from llm4msr.pipeline.data.split import SPLITS, random_split, time_split
 from llm4msr.pipeline.data.tables import read_table
@@ -43,9 +42,7 @@ class Dataset:
 def write_dataset(dataset: Dataset, out) -> pathlib.Path:
     """Writes the set into a temporary sibling folder, then renames it to `out`, so `out` is
     either the complete previous set or the complete new one, never half-written."""
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = staging_dir(out)
     try:
         dataset.interactions.to_csv(staging / INTERACTIONS, index=False)
         dataset.items.to_csv(staging / ITEMS, index=False)
@@ -53,11 +50,11 @@ def write_dataset(dataset: Dataset, out) -> pathlib.Path:
             dataset.users.to_csv(staging / USERS, index=False)
         _write_json(staging / SCENARIOS, {"scenarios": [s.to_json() for s in dataset.scenarios]})
         _write_json(staging / MANIFEST, dataset.manifest)
-        _replace_dir(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out
+    return pathlib.Path(out)
 
 
 def read_dataset(folder, split: str = "time", seed: int = 0) -> Dataset:
@@ -149,14 +146,3 @@ def _read_users(path: pathlib.Path) -> pd.DataFrame:
 
 def _write_json(path: pathlib.Path, document) -> None:
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _replace_dir(staging: pathlib.Path, out: pathlib.Path) -> None:
-    """Swaps `staging` into place as `out`; an existing `out` is removed only after the swap."""
-    if out.exists():
-        retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.rename(out, retired / out.name)
-        os.rename(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, out)

@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Mapping, Optional
 
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llm4msr.errors import UserFacingError
+from llm4msr.files import replace_dir, staging_dir
 
 FORMAT_VERSION = 1
 METADATA = "knowledge.json"
@@ -95,18 +95,13 @@ def write_knowledge(folder, users: Mapping[str, KnowledgeRecord], scenarios: Map
                     metadata: Optional[dict] = None) -> pathlib.Path:
     """Writes a complete knowledge folder atomically (temporary sibling, then rename)."""
     folder = pathlib.Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging = staging_dir(folder)
     try:
         for level, records in ((USER, users), (SCENARIO, scenarios)):
             (staging / level).mkdir()
             pq.write_table(records_to_table(records.values()), staging / level / "part-00000.parquet")
         write_metadata(staging, metadata or {})
-        if folder.exists():
-            retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-            os.rename(folder, retired / folder.name)
-            shutil.rmtree(retired, ignore_errors=True)
-        os.rename(staging, folder)
+        replace_dir(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

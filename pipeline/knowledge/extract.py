@@ -11,7 +11,6 @@ import datetime
 import os
 import pathlib
 import shutil
-import tempfile
 import threading
 import time
 from typing import Dict, List, Optional, Sequence
@@ -24,6 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
+from llm4msr.files import replace_dir, staging_dir
 from llm4msr.pipeline.data.canonical import read_dataset
 from llm4msr.pipeline.knowledge import artifact
 from llm4msr.pipeline.knowledge.cache import KnowledgeCache, cache_key, default_cache_dir
@@ -51,7 +51,7 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
     cached = cache.index()
     out_dir = pathlib.Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging.", dir=out_dir.parent))
+    staging = staging_dir(out_dir)
     try:
         pipeline = beam.Pipeline(options=PipelineOptions(list(beam_pipeline_args or [])))
         _ = pipeline | ExtractKnowledge(prompts, cached, spec, cache, str(staging), batch_size, bucket_by_length)
@@ -61,7 +61,7 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
             result.wait_until_finish()
         counts = _counts(result, prompts, cached, started)
         artifact.write_metadata(staging, _metadata(spec, loaded, dataset_dir, staging, counts))
-        _publish(staging, out_dir)
+        replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return counts
@@ -190,17 +190,6 @@ def _metadata(spec: ModelSpec, templates, dataset_dir, staging: pathlib.Path, co
             "dim": dim, "model": spec.describe(), "dataset": str(dataset_dir), "counts": counts,
             "cold_start_id": artifact.COLD_START_ID,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def _publish(staging: pathlib.Path, out: pathlib.Path) -> None:
-    """Renames the complete staging folder to `out`; an old `out` is removed only after the swap."""
-    if out.exists():
-        retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.rename(out, retired / out.name)
-        os.rename(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, out)
 
 
 class _ProgressBar:
