@@ -70,7 +70,17 @@ class GridSpec:
                 "data_fingerprint": _folder_fingerprint(self.data_dir),
                 "knowledge_fingerprint": _knowledge_fingerprint(self.knowledge_dir),
                 "epochs": self.epochs, "batch_size": self.batch_size, "patience": self.patience,
-                "model": dict(sorted(self.model.items()))}
+                "model": dict(sorted(self.model.items())), "resolved_model": self.resolved_model()}
+
+    def resolved_model(self) -> dict:
+        """Every ModelConfig field the runs share, defaults included: a change of library defaults
+        is a change of settings (it would otherwise mix silently with older rows on resume)."""
+        from llm4msr.trainer.model import ModelConfig
+        try:
+            resolved = ModelConfig.from_dict(dict(self.model)).to_dict()
+        except Exception:  # reported with the field at fault by `_check_spec`
+            return {}
+        return {k: v for k, v in sorted(resolved.items()) if k not in ("backbone", "knowledge")}
 
     def settings_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
