@@ -33,3 +33,27 @@ def tiny_movielens() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def small_movielens() -> pathlib.Path:
     return require_data("ml-latest-small")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_movielens, tmp_path_factory) -> pathlib.Path:
+    """The tiny fixture prepared into the canonical layout (genre scenarios, time split)."""
+    from llm4msr.pipeline.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    prepare("movielens-latest-small", out, data_dir=tiny_movielens, download=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_knowledge(tiny_data, tmp_path_factory) -> pathlib.Path:
+    """Random 8-wide knowledge for all but the first three users (they get the cold-start vector)."""
+    import numpy as np
+
+    from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, KnowledgeRecord, write_knowledge
+
+    rng = np.random.default_rng(0)
+    users = sorted({line.split(",")[0] for line in (tiny_data / "interactions.csv").read_text().splitlines()[1:]})
+    records = {u: KnowledgeRecord(u, rng.normal(size=8).astype(np.float32)) for u in [*users[3:], COLD_START_ID]}
+    scenarios = {s: KnowledgeRecord(s, rng.normal(size=8).astype(np.float32)) for s in ("S0", "S1", "S2")}
+    return write_knowledge(tmp_path_factory.mktemp("knowledge") / "k", records, scenarios, {"dim": 8})

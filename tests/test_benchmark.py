@@ -7,29 +7,12 @@ import pandas as pd
 import pytest
 
 from llm4msr.cli import main
-from llm4msr.pipeline.data.prepare import prepare
-from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, KnowledgeRecord, write_knowledge
 from llm4msr.trainer import benchmark
 
 GRID = ["--backbones", "dnn,star", "--knowledge", "none,both", "--seeds", "2", "--epochs", "1",
         "--batch-size", "512"]
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tiny_movielens, tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    prepare("movielens-latest-small", out, data_dir=tiny_movielens, download=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_knowledge(tiny_data, tmp_path_factory):
-    """Random 8-wide vectors for all but the first few users (they get the cold-start vector)."""
-    rng = np.random.default_rng(0)
-    users = sorted({line.split(",")[0] for line in (tiny_data / "interactions.csv").read_text().splitlines()[1:]})
-    records = {u: KnowledgeRecord(u, rng.normal(size=8).astype(np.float32)) for u in [*users[3:], COLD_START_ID]}
-    scenarios = {s: KnowledgeRecord(s, rng.normal(size=8).astype(np.float32)) for s in ("S0", "S1", "S2")}
-    return write_knowledge(tmp_path_factory.mktemp("knowledge") / "k", records, scenarios, {"dim": 8})
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import tensorflow_recommenders as tfrs
 
 from llm4msr.trainer import backbones, layers
 from llm4msr.trainer.features import ConfigError, InputSpec
-from llm4msr.trainer.model import KNOWLEDGE_MODES, ModelConfig, build_model
+from llm4msr.trainer.model import KNOWLEDGE_MODES, build_model
 
 SCENARIOS, BATCH, DIM = 3, 12, 10
 SPEC = InputSpec(categorical={"user_id": 20, "item_id": 30, "scenario": SCENARIOS}, dense=["year"],

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import pathlib
-import sys
 import tempfile
 import threading
 import time

@@ -8,7 +8,7 @@ import json
 import pathlib
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Union
 
 from llm4msr.errors import UserFacingError
 
