@@ -83,3 +83,11 @@ def test_canonical_source_round_trip_assigns_missing_split(tiny_movielens, tmp_p
     interactions.to_csv(tmp_path / "a" / "interactions.csv", index=False)
     again = prepare("canonical", tmp_path / "b", data_dir=tmp_path / "a", split="time")
     assert again.interactions["split"].tolist() == prepared.interactions["split"].tolist()
+
+
+def test_prepare_is_byte_for_byte_deterministic(tiny_movielens, tmp_path):
+    """The pipeline fingerprints the data set folder: preparing again must not change a byte."""
+    for out in ("a", "b"):
+        prepare("movielens-latest-small", tmp_path / out, data_dir=tiny_movielens, download=False)
+    for path in sorted((tmp_path / "a").iterdir()):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
