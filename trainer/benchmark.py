@@ -144,27 +144,15 @@ class Workspace:
         import tensorflow as tf
 
         from llm4msr.trainer import metrics
-        from llm4msr.trainer.model import compile_ranking_model
+        from llm4msr.trainer.fast import fit
 
         with_knowledge = config.knowledge != "none"
         if with_knowledge and self.knowledge is None:
             raise UserFacingError(f"knowledge={config.knowledge} needs --knowledge-dir")
         encoder, splits = self.encoders[with_knowledge], self.splits[with_knowledge]
         tf.keras.backend.clear_session()
-        tf.keras.utils.set_random_seed(seed)
-        spec = encoder.input_spec()
-        ranking = compile_ranking_model(config, spec)
-        stopper = tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
-                                                   restore_best_weights=True)
-        started = time.time()
-        history = ranking.fit(encoder.tf_dataset(splits["train"], batch_size, shuffle_seed=seed),
-                              validation_data=encoder.tf_dataset(splits["eval"], batch_size),
-                              epochs=epochs, callbacks=[stopper], verbose=verbose)
-        train_seconds = time.time() - started
-        result = {"data": self.data_dir, "backbone": config.backbone, "knowledge": config.knowledge, "seed": seed,
-                  "epochs": len(history.history["val_auc"]), "best_epoch": stopper.best_epoch + 1,
-                  "best_eval_auc": float(stopper.best), "train_seconds": round(train_seconds, 2),
-                  "parameters": int(ranking.model.count_params())}
+        ranking, summary = fit(encoder, splits, config, seed, epochs, batch_size, patience, verbose)
+        result = {"data": self.data_dir, **summary}
         for name in ("eval", "test"):
             split = splits[name]
             scores = ranking.predict(encoder.tf_dataset(split, batch_size), verbose=0)

@@ -140,23 +140,33 @@ def train(data_dir, config: ModelConfig, knowledge_dir=None, seed: int = 0, epoc
     for name, encoded in splits.items():
         if not len(encoded.labels):
             raise UserFacingError(f"{data_dir}: the {name} split is empty")
-    ranking = compile_ranking_model(config, spec)
+    ranking, summary = fit(encoder, splits, config, seed, epochs, batch_size, patience, verbose)
+    test = splits["test"]
+    scores = ranking.predict(encoder.tf_dataset(test, batch_size), verbose=0)
+    return {
+        "data": str(data_dir), **summary,
+        "test": metrics.report(test.labels, scores, test.users, test.scenarios, encoder.scenario_ids),
+        "config": config.to_dict(), "input_spec": spec.to_dict(),
+    }
+
+
+def fit(encoder: "Encoder", splits: dict, config: ModelConfig, seed: int, epochs: int, batch_size: int,
+        patience: int, verbose: int = 0):
+    """Trains on the train split with early stopping on eval AUC (best weights restored).
+    Returns the trained `RankingModel` and a summary: epochs, best epoch and eval AUC, seconds, size."""
+    tf.keras.utils.set_random_seed(seed)
+    ranking = compile_ranking_model(config, encoder.input_spec())
     stopper = tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
                                                restore_best_weights=True)
     started = time.time()
     history = ranking.fit(encoder.tf_dataset(splits["train"], batch_size, shuffle_seed=seed),
                           validation_data=encoder.tf_dataset(splits["eval"], batch_size),
                           epochs=epochs, callbacks=[stopper], verbose=verbose)
-    train_seconds = time.time() - started
-    test = splits["test"]
-    scores = ranking.predict(encoder.tf_dataset(test, batch_size), verbose=0)
-    return {
-        "data": str(data_dir), "backbone": config.backbone, "knowledge": config.knowledge, "seed": seed,
+    return ranking, {
+        "backbone": config.backbone, "knowledge": config.knowledge, "seed": seed,
         "epochs": len(history.history["val_auc"]), "best_epoch": stopper.best_epoch + 1,
-        "best_eval_auc": float(stopper.best), "train_seconds": round(train_seconds, 2),
+        "best_eval_auc": float(stopper.best), "train_seconds": round(time.time() - started, 2),
         "parameters": int(ranking.model.count_params()),
-        "test": metrics.report(test.labels, scores, test.users, test.scenarios, encoder.scenario_ids),
-        "config": config.to_dict(), "input_spec": spec.to_dict(),
     }
 
 
