@@ -21,6 +21,7 @@ class PipelineConfig:
     knowledge_cache_dir: str = ""  # "" = ~/.cache/llm4msr/knowledge
     model: dict = field(default_factory=lambda: {"backbone": "star", "knowledge": "both"})
     train_epochs: int = 3
+    seed: int = 0  # training seed (the Trainer is deterministic for a given seed and data)
     batch_size: int = 1024
     auc_floor: float = 0.55  # blessing: AUC at least this in every scenario and overall
     regression_tolerance: float = 0.005  # ... and no more than this below the last blessed model

@@ -50,7 +50,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config={"model": config.model, "epochs": config.train_epochs, "batch_size": config.batch_size,
-                       "scenarios": scenario_ids})
+                       "scenarios": scenario_ids, "seed": config.seed})
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),

@@ -34,11 +34,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     from llm4msr.trainer.model import compile_ranking_model
 
     config = fn_args.custom_config
+    # same seed: same initialisation and data order, so reruns differ by thread scheduling only
+    seed = int(config.get("seed", 0))
+    tf.keras.utils.set_random_seed(seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     spec = input_spec(tft_output, len(config["scenarios"]))
     batch_size = int(config.get("batch_size", 1024))
-    train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, batch_size, shuffle=True)
-    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, batch_size, shuffle=False)
+    train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, batch_size, shuffle=True, seed=seed)
+    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, batch_size, shuffle=False, seed=seed)
 
     ranking = compile_ranking_model(config["model"], spec)
     ranking.fit(train, validation_data=evaluation, epochs=int(config.get("epochs", 3)),
@@ -60,10 +63,10 @@ def input_spec(tft_output: tft.TFTransformOutput, num_scenarios: int) -> dict:
             "scenario_knowledge_dim": int(shapes[SCENARIO_KNOWLEDGE].shape[-1])}
 
 
-def _dataset(files, data_accessor, tft_output, batch_size: int, shuffle: bool) -> tf.data.Dataset:
+def _dataset(files, data_accessor, tft_output, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
     """Raw joined examples -> (transformed features, label) batches."""
-    options = tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL, num_epochs=1,
-                                             shuffle=shuffle, shuffle_buffer_size=100_000 if shuffle else 1)
+    options = tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL, num_epochs=1, shuffle=shuffle,
+                                             shuffle_buffer_size=100_000 if shuffle else 1, shuffle_seed=seed)
     raw = data_accessor.tf_dataset_factory(files, options, tft_output.raw_metadata.schema)
     transform = tft_output.transform_features_layer()
     return raw.map(lambda features, label: (transform(features), label),
