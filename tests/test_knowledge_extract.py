@@ -17,6 +17,7 @@ from llm4msr.pipeline.knowledge.templates import DEFAULT_DIR
 from test_knowledge_encoder import build_tiny_gpt2
 
 SCENARIOS = 3
+IN_MEMORY = ["--direct_running_mode=in_memory"]  # failures are injected into this process
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def unique_prompts(folder) -> int:
 
 
 def run(data, out, cache, **options):
-    return extract_knowledge(data, out, cache_dir=cache, progress=False, **options)
+    return extract_knowledge(data, out, cache_dir=cache, progress=False, beam_pipeline_args=IN_MEMORY, **options)
 
 
 def test_two_runs_hit_the_cache_and_write_a_complete_artifact(data, tmp_path):
@@ -168,3 +169,16 @@ def test_bad_input_is_reported_without_traceback(data, tmp_path, capsys):
     with pytest.raises(UserFacingError, match="no data rows"):
         extract_knowledge(empty, tmp_path / "k", cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "k").exists()
+
+
+def test_default_local_run_embeds_in_a_onednn_worker_process(small, tmp_path):
+    """Without Beam flags the job runs its inference in one worker process with oneDNN on (this
+    process keeps it off), and the vectors equal those embedded in this process."""
+    default = extract_knowledge(small, tmp_path / "worker", cache_dir=tmp_path / "cache-worker", progress=False)
+    assert default["inferences"] == default["prompts"] > 0
+    assert default["inferences_with_onednn"] == default["inferences"]
+    in_memory = run(small, tmp_path / "here", tmp_path / "cache-here")
+    assert in_memory["inferences_with_onednn"] == 0
+    worker, here = read_knowledge(tmp_path / "worker"), read_knowledge(tmp_path / "here")
+    for user, entry in here.users.items():
+        assert np.dot(entry.vector, worker.users[user].vector) > 0.99999

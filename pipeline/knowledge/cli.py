@@ -18,8 +18,9 @@ def add_parser(subparsers) -> None:
     extract.add_argument("--batch-size", type=int, default=64, help="prompts per inference batch")
     extract.add_argument("--no-bucketing", action="store_true", help="batch in input order, not by length")
     extract.add_argument("--beam-args", default="",
-                         help="Beam pipeline options, e.g. \"--direct_running_mode=multi_processing "
-                              "--direct_num_workers=2\" (default: DirectRunner in memory)")
+                         help="Beam pipeline options, e.g. \"--runner=DataflowRunner ...\" (default: "
+                              "DirectRunner, inference in one worker process with oneDNN; "
+                              "\"--direct_running_mode=in_memory\" keeps it in this process)")
     extract.add_argument("--no-progress", action="store_true", help="no progress bar")
     extract.set_defaults(func=_extract)
 

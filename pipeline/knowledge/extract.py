@@ -6,7 +6,14 @@ prompts (built from the train split) -> cache key -> cache lookup
      each finished batch written to the cache as it completes
 -> joined back to users and scenarios -> Parquet shards (artifact.SCHEMA) in a staging folder
 -> renamed into place, so `out_dir` is either the previous complete artifact or the new one.
+
+On the local DirectRunner, a job with prompts to embed runs in one worker process (TF already uses
+both cores for one batch) started with TensorFlow's oneDNN kernels switched on: on AMD CPUs TF
+leaves them off, and they make the encoder ~1.6x faster, while they slow the small ops of the
+recommender models, so the rest of the product keeps them off (bench/bench_knowledge.py measures
+both). `--direct_running_mode=in_memory` keeps the job in the calling process (tests, debugging).
 """
+import contextlib
 import datetime
 import os
 import pathlib
@@ -32,6 +39,8 @@ from llm4msr.pipeline.knowledge.prompts import Prompt, build_prompts
 from llm4msr.pipeline.knowledge.templates import combined_version, load_templates
 
 NAMESPACE = "llm4msr.knowledge"
+LOCAL_INFERENCE_WORKER = ["--direct_running_mode=multi_processing", "--direct_num_workers=1"]
+INFERENCE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # a value the user set wins
 
 
 def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=None, templates=None,
@@ -53,10 +62,10 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(out_dir)
     try:
-        pipeline = beam.Pipeline(options=PipelineOptions(list(beam_pipeline_args or [])))
-        _ = pipeline | ExtractKnowledge(prompts, cached, spec, cache, str(staging), batch_size, bucket_by_length)
         pending = len({_key(p) for p in prompts} - set(cached))
-        with _ProgressBar(cache, pending, enabled=progress):
+        pipeline = beam.Pipeline(options=PipelineOptions(pipeline_args(beam_pipeline_args, pending)))
+        _ = pipeline | ExtractKnowledge(prompts, cached, spec, cache, str(staging), batch_size, bucket_by_length)
+        with _ProgressBar(cache, pending, enabled=progress), _worker_environment(INFERENCE_ENVIRONMENT):
             result = pipeline.run()
             result.wait_until_finish()
         counts = _counts(result, prompts, cached, started)
@@ -65,6 +74,31 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return counts
+
+
+def pipeline_args(args: Optional[Sequence[str]], pending: int) -> List[str]:
+    """The user's Beam flags; on the local DirectRunner without a running mode, one worker process
+    when there is something to embed (it costs ~20 s to start: a fully cached run stays here)."""
+    args = list(args or [])
+    runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), "DirectRunner")
+    if runner == "DirectRunner" and not any(a.startswith("--direct_running_mode") for a in args):
+        args += LOCAL_INFERENCE_WORKER if pending else ["--direct_running_mode=in_memory"]
+    return args
+
+
+@contextlib.contextmanager
+def _worker_environment(variables: Dict[str, str]):
+    """Sets the variables the caller has not set while the job starts its worker processes (they
+    inherit `os.environ`). TensorFlow reads the oneDNN switch once, at its first use: it is read
+    here first, so this process keeps its own setting whatever runs in it meanwhile."""
+    _onednn_enabled()
+    added = {name: value for name, value in variables.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 class ExtractKnowledge(beam.PTransform):
@@ -130,6 +164,7 @@ class EmbedBatch(beam.DoFn):
         self.tokens = Metrics.counter(NAMESPACE, "tokens")
         self.millis = Metrics.counter(NAMESPACE, "inference_ms")
         self.cpu_millis = Metrics.counter(NAMESPACE, "inference_cpu_ms")  # all threads: robust to a busy machine
+        self.onednn = Metrics.counter(NAMESPACE, "inferences_with_onednn")
 
     def process(self, batch):
         # acquired on the first batch, not in setup(): a fully cached run never loads the model
@@ -141,6 +176,8 @@ class EmbedBatch(beam.DoFn):
         self.millis.inc(int(1000 * (time.perf_counter() - started)))
         self.cpu_millis.inc(int(1000 * (time.process_time() - cpu_started)))
         self.inferences.inc(len(batch))
+        if _onednn_enabled():
+            self.onednn.inc(len(batch))
         self.tokens.inc(sum(min(n, self.spec.prompt_budget) for _, _, n in batch))
         for key, vector, text in zip(keys, vectors, texts):
             yield key, (vector, text)
@@ -154,6 +191,12 @@ class ReadCachedChunk(beam.DoFn):
         chunk, keys = chunk_and_keys
         for key, vector, text in self.cache.read(chunk, keys):
             yield key, (vector, text)
+
+
+def _onednn_enabled() -> bool:
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def _key(prompt: Prompt) -> str:
@@ -177,6 +220,7 @@ def _counts(result, prompts: List[Prompt], cached: Dict[str, str], started: floa
                 result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]}
     return {"prompts": len(prompts), "cache_hits": sum(_key(p) in cached for p in prompts),
             "inferences": int(counters.get("inferences", 0)), "tokens": int(counters.get("tokens", 0)),
+            "inferences_with_onednn": int(counters.get("inferences_with_onednn", 0)),
             "inference_seconds": round(counters.get("inference_ms", 0) / 1000, 3),
             "inference_cpu_seconds": round(counters.get("inference_cpu_ms", 0) / 1000, 3),
             "seconds": round(seconds, 3), "prompts_per_second": round(len(prompts) / max(seconds, 1e-9), 2)}

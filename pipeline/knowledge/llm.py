@@ -217,6 +217,7 @@ def _loaded(folder: str, backend: str):
     # no AutoGraph: the pooling is plain TF code, and conversion costs seconds per trace
     forward = tf.function(functools.partial(_causal_pool if causal else _encoder_pool, model),
                           input_signature=[ids, ids], autograph=False)
+    forward(tf.ones([1, 8], tf.int32), tf.ones([1, 8], tf.int32))  # traced here, as part of loading
     return _tokenizer(folder, backend), model, forward
 
 
