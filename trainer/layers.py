@@ -15,6 +15,7 @@ use them load with plain `tf.keras.models.load_model`. Use them in your own func
 """
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -100,9 +101,10 @@ class KnowledgeProjector(tf.keras.layers.Layer):
 
     `Dense(LayerNorm(k))` is computed in one fused, exact form: with `m`, `s` the row mean and
     `1/sqrt(var + eps)`, it equals `s * (k @ (gamma * W) - m * sum(gamma * W)) + (beta @ W + b)`.
-    The `[B, d_llm]` work is one matmul and the row statistics, which need no gradient (the
-    knowledge is an input); the normalised `[B, d_llm]` tensor and its backward pass (the costly
-    part: ~8x the projection itself on CPU) never exist. Variables are those of the
+    The `[B, d_llm]` work is one matmul and the row statistics; the normalised `[B, d_llm]` tensor
+    and its backward pass (the costly part: ~8x the projection itself on CPU) never exist.
+    The knowledge is frozen: no gradient flows back into it, which lets the kernel's gradient be
+    computed as `(G^T k)^T`, ~1.4x faster on CPU than TF's `k^T G`. Variables are those of the
     `LayerNormalization` and `Dense` sublayers, so checkpoints are unchanged."""
 
     def __init__(self, units: int = 32, activation: Optional[str] = None, **kwargs):
@@ -121,19 +123,24 @@ class KnowledgeProjector(tf.keras.layers.Layer):
 
     @no_autograph
     def call(self, knowledge):
-        k = tf.cast(knowledge, self.compute_dtype)
-        width = tf.cast(tf.shape(k)[-1], k.dtype)
+        k = tf.stop_gradient(tf.cast(knowledge, self.compute_dtype))
+        mean, variance = tf.nn.moments(k, axes=[-1], keepdims=True)
         kernel = self.norm.gamma[:, None] * self.dense.kernel  # [d_llm, units]
-        # one GEMM gives the projection and (last column) the row mean
-        both = tf.matmul(k, tf.concat([kernel, tf.ones_like(kernel[:, :1]) / width], axis=1))
-        product, mean = both[:, :-1], both[:, -1:]
-        variance = tf.maximum(tf.reduce_mean(tf.square(k), axis=-1, keepdims=True) - tf.square(mean), 0.0)
         scale = tf.math.rsqrt(variance + self.norm.epsilon)
         bias = tf.linalg.matvec(self.dense.kernel, self.norm.beta, transpose_a=True) + self.dense.bias
-        return self._activation(scale * (product - mean * tf.reduce_sum(kernel, axis=0)) + bias)
+        return self._activation(scale * (_frozen_input_matmul(k, kernel) - mean * tf.reduce_sum(kernel, axis=0)) + bias)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation}
+
+
+@tf.custom_gradient
+def _frozen_input_matmul(inputs, kernel):
+    """`inputs @ kernel` for a tall input that takes no gradient: the kernel's gradient is computed
+    as `(G^T inputs)^T`, which packs the tall operand once, in its own layout."""
+    def gradient(upstream):
+        return None, tf.transpose(tf.matmul(upstream, inputs, transpose_a=True))
+    return tf.matmul(inputs, kernel), gradient
 
 
 @serializable
@@ -169,23 +176,22 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
 
     def apply(self, x, z, activation):
         """`activation(x U(z) V(z)^T + b(z)) + x`, the same value as `low_rank_apply(x, *self(z), ...)`
-        without materialising `U`, `V` (`[B, units, rank]` each). `U` and `V` are linear in the hidden
-        activations `h1 = [h, 1]`, so with the heads' kernels viewed as `[g+1, units, rank]`:
-        `x U = sum_g h1_g (x Wu_g)` is one `[B, units] x [units, (g+1) rank]` GEMM and a tiny
-        contraction, and `(x U) V^T = (h1 (x) xU) Wv` is one `[B, (g+1) rank] x [(g+1) rank, units]`
-        GEMM. All work is GEMMs on 2-D tensors; no per-example batched matmul."""
-        d, r = self.units, self.rank
+        without materialising `U`, `V` (`[B, units, rank]` each), in 2-D GEMMs and element-wise
+        products only (~1.5x faster on CPU than 3-D broadcasting over the tiny rank axis).
+        `U` is linear in the hidden activations `h1 = [h, 1]`: with the head's kernel viewed as
+        `Wu [g+1, units, rank]`, `(x U)_j = sum_g h1_g (x Wu_gj)`. So `x` meets every `Wu_gj` in one
+        GEMM (`[B, rank * (g+1)]`), the product with `h1` tiled per rank and a block-sum GEMM give
+        `x U`, and `(x U) V^T + b` is one GEMM of `[(x U)_j h1_g, h1]` with `[Wv; Wb]`."""
+        d, r, g1 = self.units, self.rank, self.hidden_units + 1
         h = self.hidden(z)
-        h1 = tf.concat([h, tf.ones_like(h[:, :1])], axis=1)  # [B, g+1]
-        g1 = self.hidden_units + 1
-        wu = tf.concat([self.u_head.kernel, self.u_head.bias[None]], axis=0)  # [g+1, d*r]: (g, d, r)
-        wv = tf.concat([self.v_head.kernel, self.v_head.bias[None]], axis=0)
-        wu = tf.reshape(tf.transpose(tf.reshape(wu, [g1, d, r]), [1, 0, 2]), [d, g1 * r])  # [d, (g, r)]
-        wv = tf.reshape(tf.transpose(tf.reshape(wv, [g1, d, r]), [0, 2, 1]), [g1 * r, d])  # [(g, r), d]
-        xu = tf.reduce_sum(tf.reshape(tf.matmul(x, wu), [-1, g1, r]) * h1[:, :, None], axis=1)  # [B, r]
-        outer = tf.reshape(h1[:, :, None] * xu[:, None, :], [-1, g1 * r])
-        # the bias head rides in the same GEMM: [h1 (x) xU, h1] @ [Wv; Wb, bb]
-        wb = tf.concat([self.b_head.kernel, self.b_head.bias[None]], axis=0)  # [g+1, d]
+        h1 = tf.concat([h, tf.ones_like(h[:, :1])], axis=1)  # [B, g+1]: the heads' biases ride along
+        wu, wv, wb = (tf.concat([head.kernel, head.bias[None]], axis=0) for head in (self.u_head, self.v_head, self.b_head))
+        wu = tf.reshape(tf.transpose(tf.reshape(wu, [g1, d, r]), [1, 2, 0]), [d, r * g1])  # columns (rank, g)
+        wv = tf.reshape(tf.transpose(tf.reshape(wv, [g1, d, r]), [2, 0, 1]), [r * g1, d])  # rows (rank, g)
+        rank_sum = tf.constant(np.kron(np.eye(r), np.ones((g1, 1))), dtype=x.dtype)  # [(rank, g), rank]
+        h1_per_rank = tf.tile(h1, [1, r])
+        xu = tf.matmul(tf.matmul(x, wu) * h1_per_rank, rank_sum)  # [B, rank]
+        outer = tf.matmul(xu, rank_sum, transpose_b=True) * h1_per_rank  # (x U)_j h1_g
         return activation(tf.matmul(tf.concat([outer, h1], axis=1), tf.concat([wv, wb], axis=0))) + x
 
     def get_config(self):
