@@ -41,18 +41,18 @@ CHANNEL_OPTIONS = [
 
 def raw_request(user_id: str, scenario: str, item_ids: Sequence[str], user_vector: np.ndarray,
                 scenario_vector: np.ndarray, model_name: str = MODEL_NAME) -> predict_pb2.PredictRequest:
-    """A `predict_raw` request scoring `item_ids` for one user in one scenario."""
+    """A `predict_raw` request scoring `item_ids` for one user in one scenario. The user, the scenario
+    and the knowledge vectors are sent once (1 row): the signature repeats them per candidate."""
     # numpy bytes and contiguous float arrays: make_tensor_proto's fast paths (3 ms -> 0.6 ms per request)
-    n = len(item_ids)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = RAW_SIGNATURE
     inputs = request.inputs
-    inputs["user_id"].CopyFrom(tf.make_tensor_proto(np.full(n, user_id.encode(), object), tf.string))
-    inputs["scenario"].CopyFrom(tf.make_tensor_proto(np.full(n, scenario.encode(), object), tf.string))
+    inputs["user_id"].CopyFrom(tf.make_tensor_proto(np.array([user_id.encode()], object), tf.string))
+    inputs["scenario"].CopyFrom(tf.make_tensor_proto(np.array([scenario.encode()], object), tf.string))
     inputs["item_id"].CopyFrom(tf.make_tensor_proto(np.array([i.encode() for i in item_ids], object), tf.string))
     for name, vector in ((USER_KNOWLEDGE, user_vector), (SCENARIO_KNOWLEDGE, scenario_vector)):
-        inputs[name].CopyFrom(tf.make_tensor_proto(np.tile(np.asarray(vector, np.float32), (n, 1))))
+        inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(vector, np.float32)[None, :]))
     return request
 
 

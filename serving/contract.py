@@ -22,6 +22,21 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # 1 user x 10k candidates x 2 x 384 floats
 DEFAULT_MAX_BATCH = 1024  # candidates per request; larger lists are split by the client
 
 
+PER_CANDIDATE_INPUT = "item_id"  # predict_raw: one row per candidate; every other input may have 1 row
+
+
+def broadcast_to_candidates(features: dict) -> dict:
+    """`predict_raw` inputs with one row for the whole request (user id, scenario, knowledge vectors)
+    repeated for every candidate, inside the signature: a request of 1 user x 100 candidates then
+    carries each 384-float vector once (~3 KB, not ~300 KB). Inputs with a row per candidate pass
+    unchanged; any other row count fails (the servers check it first, with a clear message)."""
+    import tensorflow as tf
+
+    rows = tf.shape(features[PER_CANDIDATE_INPUT])[:1]
+    return {name: tf.broadcast_to(value, tf.concat([rows, tf.shape(value)[1:]], 0))
+            for name, value in features.items()}
+
+
 def version_dirs(model_dir) -> Dict[int, pathlib.Path]:
     """Integer-named sub-folders holding a SavedModel, as TF Serving's file system source sees them."""
     root = pathlib.Path(model_dir)

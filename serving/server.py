@@ -138,7 +138,7 @@ def check_inputs(signature: str, signature_def, inputs, max_batch: int) -> Dict[
     if missing or unknown:
         raise invalid(f"signature {signature!r} takes inputs {sorted(expected)}; "
                       + "; ".join(filter(None, [missing and f"missing {missing}", unknown and f"unknown {unknown}"])))
-    arrays, batch = {}, None
+    arrays = {}
     for name, proto in inputs.items():
         spec = expected[name]
         if proto.dtype != spec.dtype:
@@ -149,14 +149,23 @@ def check_inputs(signature: str, signature_def, inputs, max_batch: int) -> Dict[
         except Exception as error:
             raise invalid(f"input {name!r} is not a valid tensor: {error}") from None
         _check_shape(signature, name, array.shape, [d.size for d in spec.tensor_shape.dim])
-        if batch is not None and array.shape[0] != batch:
-            raise invalid(f"inputs have different batch sizes: {name!r} has {array.shape[0]} rows, others {batch}")
-        batch = array.shape[0]
         arrays[name] = array
-    if batch is not None and batch > max_batch:
+    batch = _check_rows(arrays)
+    if batch > max_batch:
         raise invalid(f"{batch} rows (candidates) in one request, more than the maximum batch of {max_batch}; "
                       f"split the request")
     return arrays
+
+
+def _check_rows(arrays: Mapping[str, np.ndarray]) -> int:
+    """The batch: every input has its rows, or 1 row for the whole request (`predict_raw` repeats
+    those per candidate, see `contract.broadcast_to_candidates`)."""
+    batch = max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
+    for name, array in arrays.items():
+        if array.ndim and array.shape[0] not in (1, batch):
+            raise invalid(f"inputs have different batch sizes: {name!r} has {array.shape[0]} rows, others {batch} "
+                          f"(an input may also have 1 row for the whole request)")
+    return batch
 
 
 def _check_shape(signature: str, name: str, shape, expected) -> None:

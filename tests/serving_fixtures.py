@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, KnowledgeRecord, write_knowledge
 from llm4msr.serving.assets import write_serving_assets
-from llm4msr.serving.contract import ID_INPUTS, PREDICTION_KEY, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.serving.contract import (ID_INPUTS, PREDICTION_KEY, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE,
+                                     broadcast_to_candidates)
 from llm4msr.trainer.model import build_model
 from llm4msr.transform.preprocessing import scenario_index
 
@@ -82,7 +83,8 @@ def export_model(path, dim: int, seed: int = 0) -> None:
 
     @tf.function(input_signature=[raw_signature], autograph=False)
     def serve_raw(features):
-        return module.predict({k: tf.expand_dims(v, -1) if k in ID_INPUTS else v for k, v in features.items()})
+        return module.predict({k: tf.expand_dims(v, -1) if k in ID_INPUTS else v
+                               for k, v in broadcast_to_candidates(features).items()})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(examples):

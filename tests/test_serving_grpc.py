@@ -218,7 +218,7 @@ MALFORMED = {
                               f"shape [3, {DIM + 1}], signature 'predict_raw' expects [None, {DIM}] "
                               f"(wrong knowledge width)"),
     "scalar instead of a batch": (_set("item_id", "1"), "INVALID_ARGUMENT", "input 'item_id' has shape []"),
-    "ragged batch": (_set("item_id", ["1", "2"]), "INVALID_ARGUMENT", "different batch sizes"),
+    "ragged batch": (_set("user_id", ["3", "3"]), "INVALID_ARGUMENT", "different batch sizes"),
     "unknown scenario": (_set("scenario", ["S9"] * 3), "INVALID_ARGUMENT", "unknown scenario id"),
     "unknown output": (lambda r: r.output_filter.append("logit"), "INVALID_ARGUMENT", "output_filter"),
 }

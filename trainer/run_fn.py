@@ -4,9 +4,10 @@ serving signatures.
 Signatures of the exported SavedModel:
 - `serving_default`: serialized `tf.Example` (raw features + both knowledge vectors) -> `probability`;
   the Transform graph runs inside, so clients send raw ids.
-- `predict_raw`: named raw tensors (`user_id`, `item_id`, `scenario` strings `[B]`, `user_knowledge`
-  and `scenario_knowledge` float32 `[B, dim]`) -> `probability`: what TF Serving clients call with
-  the knowledge embeddings as input features.
+- `predict_raw`: named raw tensors (`item_id` strings `[B]`, one per candidate; `user_id`, `scenario`
+  strings and `user_knowledge`, `scenario_knowledge` float32 `[., dim]` with B rows or 1 row for the
+  whole request) -> `probability`: what TF Serving clients call with the knowledge embeddings as
+  input features.
 - `transform_features`: serialized `tf.Example` -> transformed features (used by the Evaluator).
 
 The Trainer reads the joined raw examples and applies the Transform graph in `tf.data`, so the
@@ -23,6 +24,7 @@ from tfx_bsl.public import tfxio
 
 from llm4msr.pipeline.components import FEATURES, KNOWLEDGE_DIR, LABEL, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
 from llm4msr.serving.assets import write_serving_assets
+from llm4msr.serving.contract import broadcast_to_candidates
 from llm4msr.transform.preprocessing import ID_FEATURES, OOV_BUCKETS
 
 PREDICTION_KEY = "probability"
@@ -115,7 +117,7 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
     def serve_raw(features):
         # the Transform graph was traced on parsed examples, whose scalar features are [B, 1]
         return predict({name: tf.expand_dims(value, -1) if name in FEATURES else value
-                        for name, value in features.items()})
+                        for name, value in broadcast_to_candidates(features).items()})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(examples):
