@@ -18,6 +18,7 @@ import datetime
 import os
 import pathlib
 import shutil
+import sys
 import threading
 import time
 from typing import Dict, List, Optional, Sequence
@@ -89,9 +90,11 @@ def pipeline_args(args: Optional[Sequence[str]], pending: int) -> List[str]:
 @contextlib.contextmanager
 def _worker_environment(variables: Dict[str, str]):
     """Sets the variables the caller has not set while the job starts its worker processes (they
-    inherit `os.environ`). TensorFlow reads the oneDNN switch once, at its first use: it is read
-    here first, so this process keeps its own setting whatever runs in it meanwhile."""
-    _onednn_enabled()
+    inherit `os.environ`). TensorFlow reads the oneDNN switch once, at its first use: a loaded
+    TensorFlow reads it here first, so this process keeps its setting (the trainer's) whatever runs
+    in it meanwhile; one not loaded yet is left alone (importing it costs ~10 s)."""
+    if "tensorflow" in sys.modules:
+        _onednn_enabled()
     added = {name: value for name, value in variables.items() if name not in os.environ}
     os.environ.update(added)
     try:
