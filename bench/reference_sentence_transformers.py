@@ -28,7 +28,8 @@ def main() -> None:
     model = sentence_transformers.SentenceTransformer(job["folder"], device="cpu")
     model.max_seq_length = job["max_length"]
     texts = job["texts"]
-    tokens = sum(len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=job["max_length"])["input_ids"])
+    encoded = model.tokenizer(texts, truncation=True, max_length=job["max_length"])
+    tokens = sum(len(ids) for ids in encoded["input_ids"])
     model.encode(texts[:2 * args.batch_size], batch_size=args.batch_size)  # warm-up
     started = time.perf_counter()
     model.encode(texts, batch_size=args.batch_size)

@@ -12,7 +12,7 @@ from llm4msr.pipeline.data import canonical
 from llm4msr.pipeline.data.prepare import prepare
 from llm4msr.pipeline.knowledge import llm
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
-from llm4msr.pipeline.knowledge.extract import extract_knowledge
+from llm4msr.pipeline.knowledge.extract import LOCAL_INFERENCE_WORKER, extract_knowledge, pipeline_args
 from llm4msr.pipeline.knowledge.templates import DEFAULT_DIR
 from test_knowledge_encoder import build_tiny_gpt2
 
@@ -182,3 +182,12 @@ def test_default_local_run_embeds_in_a_onednn_worker_process(small, tmp_path):
     worker, here = read_knowledge(tmp_path / "worker"), read_knowledge(tmp_path / "here")
     for user, entry in here.users.items():
         assert np.dot(entry.vector, worker.users[user].vector) > 0.99999
+
+
+def test_local_runs_get_an_inference_worker_unless_the_flags_choose():
+    assert pipeline_args(None, pending=5) == LOCAL_INFERENCE_WORKER
+    assert pipeline_args(None, pending=0) == ["--direct_running_mode=in_memory"]  # nothing to embed
+    assert pipeline_args(["--direct_num_workers=2"], pending=5) == [
+        "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    for chosen in (["--direct_running_mode=in_memory"], ["--runner", "DataflowRunner"]):
+        assert pipeline_args(chosen, pending=5) == chosen

@@ -185,7 +185,8 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
         d, r, g1 = self.units, self.rank, self.hidden_units + 1
         h = self.hidden(z)
         h1 = tf.concat([h, tf.ones_like(h[:, :1])], axis=1)  # [B, g+1]: the heads' biases ride along
-        wu, wv, wb = (tf.concat([head.kernel, head.bias[None]], axis=0) for head in (self.u_head, self.v_head, self.b_head))
+        heads = (self.u_head, self.v_head, self.b_head)
+        wu, wv, wb = (tf.concat([head.kernel, head.bias[None]], axis=0) for head in heads)
         wu = tf.reshape(tf.transpose(tf.reshape(wu, [g1, d, r]), [1, 2, 0]), [d, r * g1])  # columns (rank, g)
         wv = tf.reshape(tf.transpose(tf.reshape(wv, [g1, d, r]), [2, 0, 1]), [r * g1, d])  # rows (rank, g)
         rank_sum = tf.constant(np.kron(np.eye(r), np.ones((g1, 1))), dtype=x.dtype)  # [(rank, g), rank]

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.utils.shared import Shared
 
 from llm4msr.files import replace_dir, staging_dir
@@ -64,9 +64,12 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
     staging = staging_dir(out_dir)
     try:
         pending = len({_key(p) for p in prompts} - set(cached))
-        pipeline = beam.Pipeline(options=PipelineOptions(pipeline_args(beam_pipeline_args, pending)))
+        options = PipelineOptions(pipeline_args(beam_pipeline_args, pending))
+        pipeline = beam.Pipeline(options=options)
         _ = pipeline | ExtractKnowledge(prompts, cached, spec, cache, str(staging), batch_size, bucket_by_length)
-        with _ProgressBar(cache, pending, enabled=progress), _worker_environment(INFERENCE_ENVIRONMENT):
+        in_memory = options.view_as(DirectOptions).direct_running_mode == "in_memory"
+        worker_variables = {} if in_memory else INFERENCE_ENVIRONMENT  # never this process's own
+        with _ProgressBar(cache, pending, enabled=progress), _worker_environment(worker_variables):
             result = pipeline.run()
             result.wait_until_finish()
         counts = _counts(result, prompts, cached, started)
@@ -81,9 +84,10 @@ def pipeline_args(args: Optional[Sequence[str]], pending: int) -> List[str]:
     """The user's Beam flags; on the local DirectRunner without a running mode, one worker process
     when there is something to embed (it costs ~20 s to start: a fully cached run stays here)."""
     args = list(args or [])
-    runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), "DirectRunner")
-    if runner == "DirectRunner" and not any(a.startswith("--direct_running_mode") for a in args):
-        args += LOCAL_INFERENCE_WORKER if pending else ["--direct_running_mode=in_memory"]
+    local = PipelineOptions(args).view_as(StandardOptions).runner in (None, "DirectRunner")
+    if local and not any(a.startswith("--direct_running_mode") for a in args):
+        defaults = LOCAL_INFERENCE_WORKER if pending else ["--direct_running_mode=in_memory"]
+        args += [flag for flag in defaults if not any(a.startswith(flag.split("=")[0]) for a in args)]
     return args
 
 
