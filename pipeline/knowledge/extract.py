@@ -9,9 +9,10 @@ prompts (built from the train split) -> cache key -> cache lookup
 
 On the local DirectRunner, a job with prompts to embed runs in one worker process (TF already uses
 both cores for one batch) started with TensorFlow's oneDNN kernels switched on: on AMD CPUs TF
-leaves them off, and they make the encoder ~1.6x faster, while they slow the small ops of the
-recommender models, so the rest of the product keeps them off (bench/bench_knowledge.py measures
-both). `--direct_running_mode=in_memory` keeps the job in the calling process (tests, debugging).
+leaves them off, and they make the encoder ~1.6x faster (bench/bench_knowledge.py measures both).
+TF reads the switch once per process; the rest of the product keeps TF's default until its effect
+on training and serving is measured. `--direct_running_mode=in_memory` keeps the job in the calling
+process (tests, debugging).
 """
 import contextlib
 import datetime
