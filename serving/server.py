@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc)
 
 from llm4msr.serving.contract import (DEFAULT_MAX_BATCH, DEFAULT_SIGNATURE, MAX_MESSAGE_BYTES, MODEL_NAME,
-                                      PREDICTION_KEY, WARMUP_FILE, version_dirs)
+                                      PER_CANDIDATE_INPUT, PREDICTION_KEY, WARMUP_FILE, version_dirs)
 
 log = logging.getLogger(__name__)
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -158,9 +158,13 @@ def check_inputs(signature: str, signature_def, inputs, max_batch: int) -> Dict[
 
 
 def _check_rows(arrays: Mapping[str, np.ndarray]) -> int:
-    """The batch: every input has its rows, or 1 row for the whole request (`predict_raw` repeats
-    those per candidate, see `contract.broadcast_to_candidates`)."""
-    batch = max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
+    """The batch (the candidates' rows, when there is a candidate input): every input has its rows,
+    or 1 row for the whole request (`predict_raw` repeats those per candidate, see
+    `contract.broadcast_to_candidates`)."""
+    if PER_CANDIDATE_INPUT in arrays and arrays[PER_CANDIDATE_INPUT].ndim:
+        batch = arrays[PER_CANDIDATE_INPUT].shape[0]
+    else:
+        batch = max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
     for name, array in arrays.items():
         if array.ndim and array.shape[0] not in (1, batch):
             raise invalid(f"inputs have different batch sizes: {name!r} has {array.shape[0]} rows, others {batch} "

@@ -14,7 +14,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, predict_pb2,
+                                     prediction_service_pb2_grpc)
 
 from llm4msr import cli
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID
@@ -125,6 +126,21 @@ def test_scores_equal_the_in_process_saved_model(client, in_process, user, scena
     assert np.std(served) > 0  # the items really differ
 
 
+def test_per_candidate_rows_score_as_one_row_per_request(client):
+    """The older request form (user, scenario and knowledge repeated on every candidate row) and the
+    compact one (1 row, repeated inside the signature) give the same scores."""
+    compact = raw_request("17", "S1", CANDIDATES, client.store.user_vector("17"), client.store.scenario_vector("S1"))
+    repeated = predict_pb2.PredictRequest()
+    repeated.CopyFrom(compact)
+    for name, proto in compact.inputs.items():
+        if name != "item_id":
+            array = tf.make_ndarray(proto)
+            repeated.inputs[name].CopyFrom(tf.make_tensor_proto(np.repeat(array, len(CANDIDATES), axis=0)))
+    assert repeated.ByteSize() > 10 * compact.ByteSize()  # the knowledge rows dominate
+    scores = [tf.make_ndarray(client.predict(r).outputs["probability"]).reshape(-1) for r in (compact, repeated)]
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-6)
+
+
 def test_recommend_is_the_top_k_of_the_scores(client):
     scores = dict(zip(CANDIDATES, client.score("5", "S1", CANDIDATES)))
     top = client.recommend("5", "S1", CANDIDATES, k=10)
@@ -203,6 +219,13 @@ def _set(name, value, dtype=None):
     return change
 
 
+def _both(first, second):
+    def change(request):
+        first(request)
+        second(request)
+    return change
+
+
 MALFORMED = {
     "unknown model": (lambda r: setattr(r.model_spec, "name", "other"), "NOT_FOUND", "'other'"),
     "unknown version": (lambda r: r.model_spec.version.__setattr__("value", 99), "NOT_FOUND", "version 99"),
@@ -219,6 +242,8 @@ MALFORMED = {
                               f"(wrong knowledge width)"),
     "scalar instead of a batch": (_set("item_id", "1"), "INVALID_ARGUMENT", "input 'item_id' has shape []"),
     "ragged batch": (_set("user_id", ["3", "3"]), "INVALID_ARGUMENT", "different batch sizes"),
+    "more users than candidates": (_both(_set("item_id", ["1"]), _set("user_id", ["3", "3", "3"])),
+                                   "INVALID_ARGUMENT", "'user_id' has 3 rows, others 1"),
     "unknown scenario": (_set("scenario", ["S9"] * 3), "INVALID_ARGUMENT", "unknown scenario id"),
     "unknown output": (lambda r: r.output_filter.append("logit"), "INVALID_ARGUMENT", "output_filter"),
 }
