@@ -114,6 +114,14 @@ def test_fused_meta_layers_equal_their_reference_maths():
         variable.assign(rng.normal(size=variable.shape).astype(np.float32))
     reference = projector.dense(projector.norm(k)).numpy()
     np.testing.assert_allclose(projector(k).numpy(), reference, rtol=1e-4, atol=1e-4)
+    # ...and so are its gradients (its kernel's is a custom gradient)
+    gradients = []
+    for forward in (projector, lambda knowledge: projector.dense(projector.norm(knowledge))):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(forward(k)))
+        gradients.append(tape.gradient(loss, projector.trainable_variables))
+    for fused, plain in zip(*gradients):
+        np.testing.assert_allclose(fused.numpy(), plain.numpy(), rtol=1e-3, atol=1e-3)
     x, z = (tf.constant(rng.normal(size=shape).astype(np.float32)) for shape in [(6, 5), (6, 3)])
     layer = layers.MetaDense(rank=3, generator_units=4)
     layer([x, z])
