@@ -5,6 +5,9 @@
         parameter counts for every backbone with knowledge none and both, on synthetic in-memory
         data fed by tf.data (knowledge vectors gathered per batch, as `llm4msr train` does; every
         example's user is drawn from 50,000, so every user row is projected: the worst case);
+    python bench/bench_trainer.py throughput --data /tmp/ml-small --knowledge-dir /tmp/ml-small-knowledge
+        the same on a real data set and its extracted knowledge, through `llm4msr train`'s own input
+        pipeline (its features, vocabularies, user distribution and shuffled train split);
     python bench/bench_trainer.py auc --data /tmp/ml-small [--seed 0]
         `llm4msr train` test metrics for every backbone with knowledge=none on a prepared set
         (`llm4msr data prepare --out /tmp/ml-small`).
@@ -36,6 +39,38 @@ def load() -> str:
     return "load average %.2f %.2f %.2f on %d cores" % (*os.getloadavg(), os.cpu_count())
 
 
+class SyntheticWorkload:
+    """In-memory random features; every example's user drawn uniformly from 50,000."""
+    name = "synthetic"
+
+    def spec(self, knowledge: bool) -> InputSpec:
+        dim = KNOWLEDGE_DIM if knowledge else 0
+        return InputSpec(VOCABULARY, ["year"], "scenario", dim, dim)
+
+    def dataset(self, batch_size: int, knowledge: bool) -> tf.data.Dataset:
+        return synthetic_dataset(batch_size, knowledge)
+
+
+class RealWorkload:
+    """A canonical data set's train split through `llm4msr train`'s input pipeline (shuffled, repeated)."""
+
+    def __init__(self, data_dir, knowledge_dir):
+        from llm4msr.pipeline.data.canonical import read_dataset
+        from llm4msr.pipeline.knowledge.artifact import read_knowledge
+        from llm4msr.trainer.fast import Encoder
+
+        self.name = str(data_dir)
+        dataset = read_dataset(data_dir)
+        self.encoders = {False: Encoder(dataset), True: Encoder(dataset, read_knowledge(knowledge_dir))}
+        self.train = {knowledge: encoder.encode(dataset, "train") for knowledge, encoder in self.encoders.items()}
+
+    def spec(self, knowledge: bool) -> InputSpec:
+        return self.encoders[knowledge].input_spec()
+
+    def dataset(self, batch_size: int, knowledge: bool) -> tf.data.Dataset:
+        return self.encoders[knowledge].tf_dataset(self.train[knowledge], batch_size, shuffle_seed=0).repeat()
+
+
 def synthetic_dataset(batch_size: int, knowledge: bool) -> tf.data.Dataset:
     rng = np.random.default_rng(0)
     features = {name: rng.integers(0, size, ROWS) for name, size in VOCABULARY.items()}
@@ -58,12 +93,11 @@ class TrainLoop:
     """One backbone x knowledge mode x batch size, compiled and warmed up: the data iterator and the
     train function are made once, as in one long `fit` epoch; traces and warm-up are not timed."""
 
-    def __init__(self, backbone: str, knowledge: str, batch_size: int, steps_per_execution: int):
-        dim = KNOWLEDGE_DIM if knowledge != "none" else 0
-        spec = InputSpec(VOCABULARY, ["year"], "scenario", dim, dim)
-        self.ranking = compile_ranking_model(ModelConfig(backbone=backbone, knowledge=knowledge), spec,
+    def __init__(self, workload, backbone: str, knowledge: str, batch_size: int, steps_per_execution: int):
+        self.ranking = compile_ranking_model(ModelConfig(backbone=backbone, knowledge=knowledge),
+                                             workload.spec(knowledge != "none"),
                                              steps_per_execution=steps_per_execution)
-        self.batches = iter(synthetic_dataset(batch_size, knowledge != "none"))
+        self.batches = iter(workload.dataset(batch_size, knowledge != "none"))
         self.train = self.ranking.make_train_function()
         self.examples_per_call = steps_per_execution * batch_size
         self.run(4)
@@ -83,11 +117,11 @@ class TrainLoop:
         return examples / (time.perf_counter() - started), examples / (time.process_time() - cpu)
 
 
-def paired_throughput(backbone: str, batch_size: int, steps_per_execution: int):
+def paired_throughput(workload, backbone: str, batch_size: int, steps_per_execution: int):
     """knowledge none and both, timed in alternating windows in one process, so a change in the
     machine's speed (large here: other tenants) hits both alike. Returns, per mode, the median
     examples/s, examples per CPU-s and parameters, and the median of the per-pair time ratios."""
-    loops = {mode: TrainLoop(backbone, mode, batch_size, steps_per_execution) for mode in ("none", "both")}
+    loops = {mode: TrainLoop(workload, backbone, mode, batch_size, steps_per_execution) for mode in ("none", "both")}
     windows = {mode: [] for mode in loops}
     for _ in range(WINDOWS):
         for mode, loop in loops.items():
@@ -99,12 +133,16 @@ def paired_throughput(backbone: str, batch_size: int, steps_per_execution: int):
 
 
 def run_throughput(args) -> None:
-    print(f"# training throughput, embedding width 16, knowledge width {KNOWLEDGE_DIM}, "
+    if bool(args.data) != bool(args.knowledge_dir):
+        sys.exit("--data and --knowledge-dir go together (a real data set needs its knowledge)")
+    workload = RealWorkload(args.data, args.knowledge_dir) if args.data else SyntheticWorkload()
+    print(f"# training throughput on {workload.name} data, embedding width 16, "
+          f"knowledge width {workload.spec(True).user_knowledge_dim}, "
           f"steps_per_execution {args.steps_per_execution}, median of {WINDOWS} alternating windows; {load()}")
     print(f"{'backbone':<14}{'batch':>6}{'knowledge':>10}{'params':>11}{'ex/s':>10}{'ex/cpu-s':>10}{'time vs none':>14}")
     for backbone in args.backbones:
         for batch_size in args.batch_sizes:
-            rates, ratio = paired_throughput(backbone, batch_size, args.steps_per_execution)
+            rates, ratio = paired_throughput(workload, backbone, batch_size, args.steps_per_execution)
             for mode, (rate, cpu_rate, params) in rates.items():
                 cost = f"{ratio:>13.2f}x" if mode == "both" else f"{1:>13.2f}x"
                 print(f"{backbone:<14}{batch_size:>6}{mode:>10}{params:>11,}{rate:>10,.0f}{cpu_rate:>10,.0f}{cost}",
@@ -136,6 +174,8 @@ def main(argv=None) -> int:
     speed.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
     speed.add_argument("--backbones", nargs="+", default=sorted(BACKBONES), choices=sorted(BACKBONES))
     speed.add_argument("--steps-per-execution", type=int, default=4)
+    speed.add_argument("--data", help="a prepared data set (llm4msr data prepare --out DIR) instead of synthetic data")
+    speed.add_argument("--knowledge-dir", help="its knowledge (llm4msr knowledge extract --out DIR)")
     speed.set_defaults(func=run_throughput)
     quality = modes.add_parser("auc")
     quality.add_argument("--data", required=True, help="canonical data set (llm4msr data prepare --out DIR)")

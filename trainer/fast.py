@@ -92,21 +92,26 @@ class Encoder:
                        rows["scenario"].to_numpy())
 
     def tf_dataset(self, encoded: Encoded, batch_size: int, shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
-        """Batches of `(features, label)`; knowledge vectors are gathered per batch, not stored per row."""
-        data = tf.data.Dataset.from_tensor_slices((encoded.features, encoded.labels))
+        """Batches of `(features, label)`, assembled from in-memory columns by row index: tf.data
+        handles one index per example and gathers the features (and knowledge vectors, which are not
+        stored per row) once per batch, instead of building and batching a dict per example."""
+        columns = {name: tf.constant(values) for name, values in encoded.features.items()}
+        labels = tf.constant(encoded.labels)
+        rows = tf.data.Dataset.range(len(encoded.labels))
         if shuffle_seed is not None:
-            data = data.shuffle(len(encoded.labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-        data = data.batch(batch_size)
+            rows = rows.shuffle(len(encoded.labels), seed=shuffle_seed, reshuffle_each_iteration=True)
         if self.knowledge is not None:
-            user_table, scenario_table = tf.constant(self.user_table), tf.constant(self.scenario_table)
+            tables = {USER_KNOWLEDGE: (USER_ROW, tf.constant(self.user_table)),
+                      SCENARIO_KNOWLEDGE: (SCENARIO_ROW, tf.constant(self.scenario_table))}
+        else:
+            tables = {}
 
-            def add_knowledge(features, label):
-                features = dict(features)
-                features[USER_KNOWLEDGE] = tf.gather(user_table, features.pop(USER_ROW))
-                features[SCENARIO_KNOWLEDGE] = tf.gather(scenario_table, features.pop(SCENARIO_ROW))
-                return features, label
-            data = data.map(add_knowledge, num_parallel_calls=tf.data.AUTOTUNE)
-        return data.prefetch(tf.data.AUTOTUNE)
+        def assemble(index):
+            features = {name: tf.gather(column, index) for name, column in columns.items()}
+            for name, (row, table) in tables.items():
+                features[name] = tf.gather(table, features.pop(row))
+            return features, tf.gather(labels, index)
+        return rows.batch(batch_size).map(assemble, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     def _join_items(self, dataset: Dataset, interactions: pd.DataFrame) -> pd.DataFrame:
         items = dataset.items.set_index("item_id")
