@@ -43,7 +43,7 @@ class ModelConfig:
     projection_dim: int = 16  # d_k
     meta_rank: int = 2
     meta_layers: int = 1
-    meta_generator_units: int = 16  # small: generator cost grows with d * rank * this
+    meta_generator_units: int = 8  # small: generator cost grows with d * rank * this (16: 6 % slower, same AUC)
     meta_tower_units: List[int] = field(default_factory=lambda: [16])
     cross_layers: int = 0  # tfrs DCN cross layers after the user meta stack
     dropout: float = 0.0
