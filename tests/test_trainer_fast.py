@@ -8,7 +8,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from llm4msr.cli import main
 from llm4msr.trainer import metrics
-from llm4msr.trainer.fast import Vocabulary
+from llm4msr.trainer.fast import Encoder, Vocabulary
 
 METRICS = {"auc", "gauc", "logloss", "examples"}
 
@@ -48,6 +48,34 @@ def test_knowledge_dir_that_is_not_a_knowledge_folder_fails_clearly(tiny_data, t
     code, _ = run_train(tiny_data, tmp_path, "--knowledge", "scenario", "--knowledge-dir", str(tmp_path))
     assert code == 2
     assert "is not a knowledge folder" in capsys.readouterr().err
+
+
+def test_batches_hold_every_row_once_per_epoch_with_its_own_label_and_knowledge(tiny_data, tiny_knowledge):
+    from llm4msr.pipeline.data.canonical import read_dataset
+    from llm4msr.pipeline.knowledge.artifact import read_knowledge
+
+    dataset, knowledge = read_dataset(tiny_data), read_knowledge(tiny_knowledge)
+    encoder = Encoder(dataset, knowledge)
+    train = encoder.encode(dataset, "train")
+    # a row's identity: its user and item indices, year and label; the user fixes its knowledge vector
+    expected = sorted(zip(train.features["user_id"], train.features["item_id"], train.features["year"], train.labels))
+    user_index = encoder.vocabularies["user_id"].index
+    vector_of = {user_index[u]: knowledge.user_vector(u) for u in set(train.users)}
+    data = encoder.tf_dataset(train, batch_size=64, shuffle_seed=3)
+    orders = []
+    for _ in range(2):  # two epochs
+        rows = []
+        for features, labels in data:
+            users = features["user_id"].numpy()
+            np.testing.assert_array_equal(features["user_knowledge"].numpy(), np.stack([vector_of[u] for u in users]))
+            scenarios = features["scenario"].numpy()
+            np.testing.assert_array_equal(features["scenario_knowledge"].numpy(), encoder.scenario_table[scenarios])
+            rows += zip(users, features["item_id"].numpy(), features["year"].numpy(), labels.numpy())
+        assert sorted(rows) == expected
+        orders.append(rows)
+    assert orders[0] != orders[1]  # reshuffled every epoch
+    assert orders[0] != [row for row in zip(train.features["user_id"], train.features["item_id"],
+                                            train.features["year"], train.labels)]
 
 
 def test_vocabulary_orders_by_train_frequency_and_maps_unknowns_to_zero():

@@ -24,6 +24,7 @@ from llm4msr.trainer.backbones import BACKBONES, make_backbone
 from llm4msr.trainer.features import (SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec, fail,
                                       require_positive)
 from llm4msr.trainer.layers import Cross, FeatureEmbedding, ScenarioMetaTower, UserMetaStack, no_autograph
+from llm4msr.trainer.optimizer import FusedAdam
 
 KNOWLEDGE_MODES = ("none", "user", "scenario", "both")
 LABEL = "label"
@@ -194,10 +195,10 @@ class RankingModel(tfrs.Model):
 
 def compile_ranking_model(config: Union[ModelConfig, Mapping], input_spec, steps_per_execution: int = 1,
                           **compile_kwargs) -> RankingModel:
-    """`build_model` + `RankingModel` + Adam at `config.learning_rate`, ready for `fit`."""
+    """`build_model` + `RankingModel` + Adam (`FusedAdam`) at `config.learning_rate`, ready for `fit`."""
     config = ModelConfig.from_dict(config)
     ranking = RankingModel(build_model(config, input_spec))
-    ranking.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate),
+    ranking.compile(optimizer=FusedAdam(config.learning_rate),
                     steps_per_execution=steps_per_execution, **compile_kwargs)
     # Creating the slot variables now spares `fit` a second trace of the train step (a tf.function
     # that creates variables on its first call is traced twice).
