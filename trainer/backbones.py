@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from llm4msr.trainer.features import as_vector, fail
 from llm4msr.trainer.layers import (MLP, ExpertBank, ScenarioDense, ScenarioTower, mix_experts,
-                                    no_autograph, select_scenario, serializable)
+                                    no_autograph, per_scenario, serializable)
 
 BACKBONES: Dict[str, Type["Backbone"]] = {}
 
@@ -129,11 +129,18 @@ class CGCLevel(tf.keras.layers.Layer):
         self.scenario_gate = ScenarioDense(num_scenarios, gate_width, name="scenario_gate")
         self.shared_gate = None if last else tf.keras.layers.Dense(gate_width, name="shared_gate")
 
+    def build(self, input_shape):
+        with tf.name_scope(self.specific.name):  # called per scenario through `experts`, not `__call__`
+            self.specific.build(input_shape[0])
+        super().build(input_shape)
+
     @no_autograph
     def call(self, inputs):
         own, shared, scenario = inputs
-        experts = tf.concat([select_scenario(self.specific(own), scenario, self.num_scenarios),
-                             self.shared(shared)], axis=1)
+        count = self.scenario_experts  # each example runs its own scenario's experts only
+        own_experts = per_scenario(lambda part, s: self.specific.experts(part, s * count, count),
+                                   own, scenario, self.num_scenarios)
+        experts = tf.concat([own_experts, self.shared(shared)], axis=1)
         next_own = mix_experts(self.scenario_gate([own, scenario]), experts)
         next_shared = next_own if self.last else mix_experts(self.shared_gate(shared), experts)
         return next_own, next_shared

@@ -339,16 +339,20 @@ class ScenarioMetaTower(tf.keras.layers.Layer):
 # Every example needs only its own scenario's parameters. `ScenarioDense` partitions the batch by
 # scenario (`tf.dynamic_partition`), runs one GEMM per scenario and stitches the rows back: on 2 CPU
 # cores this took ~35 % less CPU than one GEMM for all scenarios plus a per-example gather, and far
-# less than gathering a `[B, d, units]` weight per example. Expert banks whose experts share an input
-# run one GEMM for all experts and select the example's own slice (`select_scenario`).
+# less than gathering a `[B, d, units]` weight per example (`per_scenario` does the partitioning).
+# An expert bank runs one GEMM for all its experts; PLE's scenario experts run per scenario, so an
+# example's input meets its own scenario's experts only (~13 % faster PLE step than all experts
+# for every example plus a per-example selection).
 # Variables holding one slice per scenario have `per_scenario` in their name and the scenario as
 # their leading axis (scenario-major), which the isolation tests rely on.
 
-def select_scenario(values, scenario, num_scenarios):
-    """`values [B, S * n, ...]` (scenario-major) -> the example's own `[B, n, ...]` slice."""
-    shape = tf.concat([[-1, num_scenarios, values.shape[1] // num_scenarios], tf.shape(values)[2:]], 0)
-    grouped = tf.reshape(values, shape)
-    return tf.gather(grouped, tf.cast(as_vector(scenario), tf.int32), axis=1, batch_dims=1)
+def per_scenario(apply, x, scenario, num_scenarios):
+    """`apply(rows_of_scenario_s, s)` for every scenario `s`, stitched back into batch order: each
+    example goes through its own scenario's computation only."""
+    index = tf.cast(as_vector(scenario), tf.int32)
+    rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), index, num_scenarios)
+    parts = tf.dynamic_partition(x, index, num_scenarios)
+    return tf.dynamic_stitch(rows, [apply(part, s) for s, part in enumerate(parts)])
 
 
 @serializable
@@ -381,12 +385,9 @@ class ScenarioDense(tf.keras.layers.Layer):
     @no_autograph
     def call(self, inputs):
         x, scenario = inputs
-        index = tf.cast(as_vector(scenario), tf.int32)
-        rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), index, self.num_scenarios)
-        parts = tf.dynamic_partition(x, index, self.num_scenarios)
         kernels, biases = self.scenario_kernels(), self.scenario_biases()
-        outputs = [tf.matmul(part, kernels[s]) + biases[s] for s, part in enumerate(parts)]
-        return self._activation(tf.dynamic_stitch(rows, outputs))
+        return self._activation(per_scenario(lambda part, s: tf.matmul(part, kernels[s]) + biases[s],
+                                             x, scenario, self.num_scenarios))
 
     def get_config(self):
         return {**super().get_config(), "num_scenarios": self.num_scenarios, "units": self.units,
@@ -440,11 +441,15 @@ class ExpertBank(tf.keras.layers.Layer):
 
     @no_autograph
     def call(self, x):
-        first, rest = self.kernels[0], self.kernels[1:]
-        flat = tf.reshape(tf.transpose(first, [1, 0, 2]), [tf.shape(first)[1], -1])
-        h = tf.reshape(tf.matmul(x, flat), [-1, self.num_experts, self.units[0]])
-        h = self._activation(h + self.biases[0])
-        for kernel, bias in zip(rest, self.biases[1:]):
+        return self.experts(x, 0, self.num_experts)
+
+    def experts(self, x, first: int, count: int):
+        """Experts `first .. first + count - 1` only: `[B, d] -> [B, count, units[-1]]`."""
+        kernels = [kernel[first:first + count] for kernel in self.kernels]
+        biases = [bias[first:first + count] for bias in self.biases]
+        flat = tf.reshape(tf.transpose(kernels[0], [1, 0, 2]), [tf.shape(kernels[0])[1], -1])
+        h = self._activation(tf.reshape(tf.matmul(x, flat), [-1, count, self.units[0]]) + biases[0])
+        for kernel, bias in zip(kernels[1:], biases[1:]):
             h = self._activation(tf.einsum("bei,eio->beo", h, kernel) + bias)
         return h
 
@@ -454,5 +459,7 @@ class ExpertBank(tf.keras.layers.Layer):
 
 
 def mix_experts(gate_logits, experts):
-    """Softmax gate `[B, E]` times expert outputs `[B, E, h]` -> `[B, h]`."""
-    return tf.einsum("be,beh->bh", tf.nn.softmax(gate_logits, axis=-1), experts)
+    """Softmax gate `[B, E]` times expert outputs `[B, E, h]` -> `[B, h]`, as a batched `[1, E] x [E, h]`
+    matmul: the same `einsum` transposes first, and made an MMoE train step ~15 % slower on CPU."""
+    weights = tf.nn.softmax(gate_logits, axis=-1)[:, None, :]
+    return tf.squeeze(tf.matmul(weights, experts), axis=1)
