@@ -273,3 +273,14 @@ def test_fused_adam_makes_the_same_updates_as_keras_adam_for_dense_and_embedding
     assert not np.allclose(trained[0][0], table)  # the updates did something
     for keras_adam, fused in zip(*trained):
         np.testing.assert_allclose(fused, keras_adam, rtol=1e-5, atol=1e-6)
+
+
+def test_an_expert_subset_and_the_gate_mixing_equal_the_whole_bank_and_the_weighted_sum():
+    bank = layers.ExpertBank(num_experts=6, units=[5, 3])  # two layers: the GEMM and the einsum path
+    x = tf.constant(np.random.default_rng(1).normal(size=(7, 4)), tf.float32)
+    everything = bank(x).numpy()
+    np.testing.assert_allclose(bank.experts(x, 2, 2).numpy(), everything[:, 2:4], rtol=1e-6, atol=1e-6)
+    gates = np.random.default_rng(2).normal(size=(7, 6)).astype(np.float32)
+    weights = np.exp(gates) / np.exp(gates).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(layers.mix_experts(tf.constant(gates), bank(x)).numpy(),
+                               np.einsum("be,beh->bh", weights, everything), rtol=1e-5, atol=1e-6)
