@@ -20,11 +20,13 @@ class PipelineConfig:
     llm_backend: str = "encoder"  # encoder | causal-lm
     knowledge_cache_dir: str = ""  # "" = ~/.cache/llm4msr/knowledge
     model: dict = field(default_factory=lambda: {"backbone": "star", "knowledge": "both"})
-    train_epochs: int = 3
-    seed: int = 0  # training seed (the Trainer is deterministic for a given seed and data)
-    batch_size: int = 1024
+    # TrainConfig fields (llm4msr.trainer.training: epochs, patience, batch_size, seed, max_steps);
+    # the defaults are TrainConfig's, the same as `llm4msr train` and `llm4msr benchmark`
+    training: dict = field(default_factory=dict)
     auc_floor: float = 0.55  # blessing: AUC at least this in every scenario and overall
     regression_tolerance: float = 0.005  # ... and no more than this below the last blessed model
+    calibration_band: List[float] = field(default_factory=lambda: [0.9, 1.1])  # ... mean prediction / mean label
+    max_normalized_logloss: float = 1.0  # ... and logloss below this times the constant predictor's
     schema_path: Optional[str] = None  # a curated schema.pbtxt (ImportSchemaGen) instead of SchemaGen
     beam_args: List[str] = field(default_factory=lambda: list(DEFAULT_BEAM_ARGS))
     enable_cache: bool = True
@@ -46,7 +48,29 @@ class PipelineConfig:
         if unknown:
             raise UserFacingError(f"{path or 'config'}: unknown key(s) {', '.join(unknown)} "
                                   f"(known: {', '.join(sorted(known))})")
-        return cls(**values)
+        config = cls(**values)
+        config.validate(path or "config")
+        return config
+
+    def validate(self, where: str = "config") -> None:
+        """The model and training settings and the blessing bounds, refused before the pipeline starts."""
+        from llm4msr.trainer.features import ConfigError
+        from llm4msr.trainer.model import ModelConfig
+        from llm4msr.trainer.training import TrainConfig
+
+        try:
+            ModelConfig.from_dict(self.model)
+            TrainConfig.from_dict(self.training)
+        except (ConfigError, TypeError) as error:
+            raise UserFacingError(f"{where}: {error}") from None
+        band = self.calibration_band
+        if (not isinstance(band, (list, tuple)) or len(band) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band) or not 0 < band[0] < band[1]):
+            raise UserFacingError(f"{where}: calibration_band: expected [low, high] with 0 < low < high, got {band!r}")
+        for name in ("auc_floor", "regression_tolerance", "max_normalized_logloss"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise UserFacingError(f"{where}: {name}: expected a number >= 0, got {value!r}")
 
 
 def _read_file(path: str) -> dict:

@@ -10,11 +10,13 @@ import pathlib
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
-from llm4msr.pipeline import components
+from llm4msr.pipeline import components, metrics
 from llm4msr.pipeline.config import PipelineConfig
+from llm4msr.transform.preprocessing import SLICES
 
 PREDICTION_KEY = "probability"
 SCENARIO_SLICE = tfma.SlicingSpec(feature_keys=["scenario"])
+BLESSING_SLICES = [tfma.SlicingSpec(), SCENARIO_SLICE]  # overall and every scenario
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
@@ -40,17 +42,16 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     transform = tfx.components.Transform(
         examples=knowledge_joiner.outputs["joined_examples"], schema=knowledge_joiner.outputs["joined_schema"],
         preprocessing_fn="llm4msr.transform.preprocessing.preprocessing_fn",
-        custom_config={"scenarios": scenario_ids},
+        custom_config={"scenarios": scenario_ids, "dataset_dir": dataset_dir},
         materialize=False)  # the Trainer applies the graph to the joined examples itself
     trainer = tfx.components.Trainer(
         run_fn="llm4msr.trainer.run_fn.run_fn",
         examples=knowledge_joiner.outputs["joined_examples"],  # raw: run_fn applies the Transform graph
         transform_graph=transform.outputs["transform_graph"],
         schema=knowledge_joiner.outputs["joined_schema"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.training.get("max_steps")),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={"model": config.model, "epochs": config.train_epochs, "batch_size": config.batch_size,
-                       "scenarios": scenario_ids, "seed": config.seed})
+        custom_config={"model": config.model, "training": config.training, "scenarios": scenario_ids})
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -78,23 +79,35 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-    """Overall and per-scenario AUC, logloss, calibration and counts. Blessing: AUC above
-    `auc_floor` in every slice, and no more than `regression_tolerance` below the last blessed model
-    (TFMA skips the change threshold while there is no baseline)."""
+    """AUC, logloss, normalised logloss, calibration and counts overall, per scenario and per user
+    history / item popularity bucket. Blessing, overall and in every scenario: AUC at least
+    `auc_floor` and no more than `regression_tolerance` below the last blessed model (TFMA skips the
+    change threshold while there is no baseline), calibration (mean prediction / mean label) within
+    `calibration_band`, and logloss below `max_normalized_logloss` times the constant predictor's."""
+    low, high = config.calibration_band
+
+    def gate(threshold: tfma.MetricThreshold):
+        return [tfma.PerSliceMetricThreshold(slicing_specs=BLESSING_SLICES, threshold=threshold)]
+
     auc_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.auc_floor}),
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -config.regression_tolerance}))
+    calibration_threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+        lower_bound={"value": low}, upper_bound={"value": high}))
+    logloss_threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+        upper_bound={"value": config.max_normalized_logloss}))
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key="label",
                                     prediction_key=PREDICTION_KEY,
                                     preprocessing_function_names=["transform_features"])],
-        slicing_specs=[tfma.SlicingSpec(), SCENARIO_SLICE],
+        slicing_specs=[*BLESSING_SLICES, *(tfma.SlicingSpec(feature_keys=[name]) for name in SLICES)],
         metrics_specs=[tfma.MetricsSpec(metrics=[
-            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                slicing_specs=[tfma.SlicingSpec(), SCENARIO_SLICE], threshold=auc_threshold)]),
+            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=gate(auc_threshold)),
             tfma.MetricConfig(class_name="BinaryCrossentropy"),
-            tfma.MetricConfig(class_name="Calibration"),
+            tfma.MetricConfig(class_name="NormalizedLogloss", module=metrics.__name__,
+                              per_slice_thresholds=gate(logloss_threshold)),
+            tfma.MetricConfig(class_name="Calibration", per_slice_thresholds=gate(calibration_threshold)),
             tfma.MetricConfig(class_name="MeanLabel"),
             tfma.MetricConfig(class_name="MeanPrediction"),
             tfma.MetricConfig(class_name="ExampleCount"),

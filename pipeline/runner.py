@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 
 from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.config import PipelineConfig
+from llm4msr.transform.preprocessing import SLICE_PREFIX, SLICES, slice_names
 
 
 def run_local(config: PipelineConfig) -> dict:
@@ -106,8 +107,12 @@ def _failure(failure) -> str:
         bound = threshold.change_threshold.absolute.value
         return (f"{failure.metric_key.name} changed by {number:+.4f} against the last blessed model "
                 f"(allowed: {bound:+.4f})")
-    bound = threshold.value_threshold.lower_bound.value
-    return f"{failure.metric_key.name} = {number:.4f} is below the floor {bound:.4f}"
+    bounds = threshold.value_threshold
+    if bounds.HasField("lower_bound") and number < bounds.lower_bound.value:
+        return f"{failure.metric_key.name} = {number:.4f} is below the lower bound {bounds.lower_bound.value:.4f}"
+    if bounds.HasField("upper_bound") and number > bounds.upper_bound.value:
+        return f"{failure.metric_key.name} = {number:.4f} is above the upper bound {bounds.upper_bound.value:.4f}"
+    return f"{failure.metric_key.name} = {number} fails {bounds}".strip()
 
 
 def _metrics_by_slice(tfma, uri, scenario_ids: List[str]) -> Dict[str, Dict[str, float]]:
@@ -121,15 +126,17 @@ def _metrics_by_slice(tfma, uri, scenario_ids: List[str]) -> Dict[str, Dict[str,
 
 def _slice_name(slice_key, scenario_ids: List[str]) -> str:
     """'overall' or the scenario id; the Evaluator slices on the transformed scenario index."""
+    if hasattr(slice_key, "single_slice_keys"):  # a SliceKey proto from the validation result
+        slice_key = [(k.column, k.bytes_value or k.int64_value) for k in slice_key.single_slice_keys]
     if not slice_key:
         return "overall"
-    if hasattr(slice_key, "single_slice_keys"):  # a SlicingSpec proto from the validation result
-        slice_key = [(k.column, k.bytes_value or k.int64_value) for k in slice_key.single_slice_keys]
     names = []
     for column, value in slice_key:
         value = value.decode() if isinstance(value, bytes) else value
         if column == "scenario" and isinstance(value, int) and 0 <= value < len(scenario_ids):
             value = scenario_ids[value]
+        elif column in SLICES and isinstance(value, int) and 0 <= value < len(slice_names(column)):
+            column, value = column[len(SLICE_PREFIX):], slice_names(column)[value]
         names.append(f"{column}={value}")
     return ", ".join(names)
 
@@ -158,15 +165,27 @@ def format_report(report: dict) -> str:
     evaluation = report.get("evaluation")
     if evaluation:
         lines.append("")
-        lines.append(f"{'slice':<16}{'examples':>10}{'AUC':>8}{'logloss':>9}{'calibration':>13}")
-        for name, metrics in sorted(evaluation["slices"].items(), key=lambda kv: (kv[0] != "overall", kv[0])):
-            lines.append(f"{name:<16}{metrics.get('example_count', float('nan')):>10.0f}"
+        lines.append(f"{'slice':<28}{'examples':>9}{'AUC':>8}{'logloss':>9}{'norm.':>7}{'calib.':>8}")
+        for name, metrics in sorted(evaluation["slices"].items(), key=_slice_order):
+            lines.append(f"{name:<28}{metrics.get('example_count', float('nan')):>9.0f}"
                          f"{metrics.get('auc', float('nan')):>8.4f}{metrics.get('binary_crossentropy', float('nan')):>9.4f}"
-                         f"{metrics.get('calibration', float('nan')):>13.3f}")
+                         f"{metrics.get('normalized_logloss', float('nan')):>7.3f}"
+                         f"{metrics.get('calibration', float('nan')):>8.3f}")
         lines.append("blessed: yes" if evaluation["blessed"] else
                      "blessed: NO — not pushed:\n  " + "\n  ".join(evaluation["failures"]))
     lines.append(f"pushed model: {report.get('pushed') or 'none'}")
     return "\n".join(lines)
+
+
+def _slice_order(item):
+    """overall, scenarios, then each bucketed slice in bucket order."""
+    name = item[0]
+    if name == "overall":
+        return (0, "", 0)
+    column, _, value = name.partition("=")
+    if f"{SLICE_PREFIX}{column}" in SLICES:
+        return (2, column, slice_names(f"{SLICE_PREFIX}{column}").index(value))
+    return (1, column, value)
 
 
 def write_report(report: dict, path: str) -> None:

@@ -1,4 +1,7 @@
-"""`llm4msr train`: the fast experiment path (no TFX) on a canonical data set."""
+"""`llm4msr train`: the fast experiment path (no TFX) on a canonical data set.
+
+Settings come from, in rising precedence: the defaults of `ModelConfig` and `TrainConfig`, the
+`--config` file (ModelConfig fields, plus TrainConfig fields under `"training"`), explicit flags."""
 import json
 import math
 import pathlib
@@ -6,21 +9,24 @@ import pathlib
 
 # Literal here so that building the CLI parser does not import TensorFlow; ModelConfig validates.
 KNOWLEDGE_MODES = ("none", "user", "scenario", "both")
+MODEL_FLAGS = ("backbone", "knowledge", "learning_rate")
+TRAINING_FLAGS = ("seed", "epochs", "patience", "batch_size")
 
 
 def add_parser(subparsers) -> None:
     train = subparsers.add_parser("train", help="train and evaluate a model on a canonical data set (no TFX)")
     train.add_argument("--data", required=True, help="canonical data set folder (`llm4msr data prepare --out`)")
-    train.add_argument("--backbone", default="dnn",
-                       help="dnn, shared_bottom, mmoe, ple, star, or any registered backbone (default dnn)")
-    train.add_argument("--knowledge", default="none", choices=KNOWLEDGE_MODES)
+    train.add_argument("--backbone", help="dnn, shared_bottom, mmoe, ple, star, or any registered backbone "
+                                          "(default dnn)")
+    train.add_argument("--knowledge", choices=KNOWLEDGE_MODES, help="default none")
     train.add_argument("--knowledge-dir", help="knowledge folder (needed unless --knowledge none)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--epochs", type=int, default=10, help="maximum epochs (early stopping on eval AUC)")
-    train.add_argument("--patience", type=int, default=2, help="epochs without eval AUC gain before stopping")
-    train.add_argument("--batch-size", type=int, default=1024)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--config", help="JSON file with further ModelConfig fields")
+    train.add_argument("--seed", type=int, help="default 0")
+    train.add_argument("--epochs", type=int, help="maximum epochs (early stopping on eval AUC; default 10)")
+    train.add_argument("--patience", type=int, help="epochs without eval AUC gain before stopping (default 2)")
+    train.add_argument("--batch-size", type=int, help="default 1024")
+    train.add_argument("--learning-rate", type=float, help="default 1e-3")
+    train.add_argument("--config", help="JSON file with ModelConfig fields (and TrainConfig fields under "
+                                        "\"training\"); flags given explicitly override it")
     train.add_argument("--out", help="write the result as JSON here")
     train.set_defaults(func=_train)
 
@@ -30,16 +36,20 @@ def _train(args) -> int:
     from llm4msr.trainer.fast import format_report, load_knowledge, train
     from llm4msr.trainer.features import ConfigError
     from llm4msr.trainer.model import ModelConfig
+    from llm4msr.trainer.training import TrainConfig
 
-    load_knowledge(args.knowledge_dir, args.knowledge)  # fail before TensorFlow work starts
     try:
         extra = json.loads(pathlib.Path(args.config).read_text()) if args.config else {}
-        config = ModelConfig.from_dict({**extra, "backbone": args.backbone, "knowledge": args.knowledge,
-                                        "learning_rate": args.learning_rate})
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{args.config}: expected a JSON object of ModelConfig fields")
+        training = dict(extra.pop("training", {}))
+        extra.update({name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None})
+        training.update({name: getattr(args, name) for name in TRAINING_FLAGS if getattr(args, name) is not None})
+        config, training = ModelConfig.from_dict(extra), TrainConfig.from_dict(training)
     except (ConfigError, OSError, json.JSONDecodeError) as error:
         raise UserFacingError(str(error)) from None
-    result = train(args.data, config, args.knowledge_dir, seed=args.seed, epochs=args.epochs,
-                   batch_size=args.batch_size, patience=args.patience)
+    load_knowledge(args.knowledge_dir, config.knowledge)  # fail before TensorFlow work starts
+    result = train(args.data, config, args.knowledge_dir, training)
     print(format_report(result))
     if args.out:
         out = pathlib.Path(args.out)

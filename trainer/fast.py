@@ -1,68 +1,57 @@
 """The fast experiment path without TFX: canonical data set (+ knowledge folder) -> trained model ->
-test metrics (overall and per scenario AUC, logloss, gAUC).
+test metrics (AUC, gAUC, logloss, calibration; overall, per scenario, per user history and item
+popularity slice).
 
-Features: `user_id`, `item_id`, `category` (the item's first category) and `scenario` as
-categorical, `year` (normalised with train statistics) as dense when items have one. Vocabularies
-come from the train split only; index 0 is the out-of-vocabulary slot. Knowledge vectors are
+Features are the pipeline's, by construction: the Transform `preprocessing_fn`
+(`llm4msr.transform.preprocessing`) is analysed on the train split with tf.Transform on an
+in-memory Beam pipeline and its graph encodes every split, exactly as the TFX Transform and
+Trainer do. The analysed graph is cached on disk by data set and code fingerprint
+(`LLM4MSR_CACHE_DIR`, default `~/.cache/llm4msr`), so reruns start at once. Knowledge vectors are
 inputs, not learned: every user gets their extracted vector (unknown users the cold-start one),
-gathered per batch from an in-memory table.
+gathered per batch from an in-memory table instead of being stored per row.
 """
-import time
+import hashlib
+import os
+import pathlib
+import shutil
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
 from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.data.canonical import Dataset, read_dataset
 from llm4msr.pipeline.knowledge.artifact import Knowledge, read_knowledge
 from llm4msr.trainer import metrics
-from llm4msr.trainer.features import SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec
-from llm4msr.trainer.model import ModelConfig, compile_ranking_model
+from llm4msr.trainer.features import SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec, input_spec_from_transform
+from llm4msr.trainer.model import ModelConfig
+from llm4msr.trainer.training import TrainConfig, fit
+from llm4msr.transform import preprocessing
 
-CATEGORICAL = ("user_id", "item_id", "category")
 USER_ROW, SCENARIO_ROW = "_user_row", "_scenario_row"  # indices into the knowledge tables
-
-
-class Vocabulary:
-    """Maps strings to `1..n` by descending train frequency; anything else maps to 0 (OOV)."""
-
-    def __init__(self, values):
-        counts = pd.Series(values).value_counts(sort=False)
-        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        self.index = {value: position + 1 for position, (value, _) in enumerate(ordered)}
-
-    @property
-    def size(self) -> int:
-        return len(self.index) + 1
-
-    def lookup(self, values) -> np.ndarray:
-        return pd.Series(values).map(self.index).fillna(0).to_numpy(np.int64)
+ENCODE_CHUNK = 65_536  # rows per call of the Transform graph when encoding a split
 
 
 @dataclass
 class Encoded:
-    """Model-ready arrays for one split, plus the raw ids the metrics group by."""
+    """Model-ready arrays for one split, plus the raw ids and slice buckets the metrics group by."""
     features: Dict[str, np.ndarray]
     labels: np.ndarray
     users: np.ndarray
     scenarios: np.ndarray
+    slices: Dict[str, np.ndarray]  # slice name -> bucket name per row
 
 
 class Encoder:
-    """Turns canonical interactions into feature arrays; fitted on the train split."""
+    """Turns canonical interactions into model inputs with the Transform graph fitted on train."""
 
     def __init__(self, dataset: Dataset, knowledge: Optional[Knowledge] = None):
-        train = self._join_items(dataset, dataset.split("train"))
         self.scenario_ids = dataset.scenario_ids
-        self.vocabularies = {name: Vocabulary(train[name]) for name in CATEGORICAL}
-        years = train["year"].astype(float) if "year" in train else pd.Series(dtype=float)
-        self.has_year = bool(years.notna().any())
-        self.year_mean = float(years.mean()) if self.has_year else 0.0
-        self.year_std = float(years.std()) if self.has_year and years.std() > 0 else 1.0
-        self.items = dataset.items
+        self.transform_output = fit_transform(dataset)
+        self.transform_layer = self.transform_output.transform_features_layer()
+        self.spec = input_spec_from_transform(self.transform_output, len(self.scenario_ids),
+                                              knowledge.dim if knowledge is not None else 0)
         self.knowledge = knowledge
         self.user_rows = {}
         if knowledge is not None:
@@ -72,24 +61,31 @@ class Encoder:
             self.scenario_table = knowledge.scenario_matrix(self.scenario_ids)
 
     def input_spec(self) -> InputSpec:
-        categorical = {name: vocabulary.size for name, vocabulary in self.vocabularies.items()}
-        categorical["scenario"] = len(self.scenario_ids)
-        dim = self.knowledge.dim if self.knowledge is not None else 0
-        return InputSpec(categorical, ["year"] if self.has_year else [], "scenario", dim, dim)
+        return self.spec
 
     def encode(self, dataset: Dataset, split: str) -> Encoded:
-        rows = self._join_items(dataset, dataset.split(split))
-        features = {name: self.vocabularies[name].lookup(rows[name]) for name in CATEGORICAL}
-        scenario_index = {scenario: i for i, scenario in enumerate(self.scenario_ids)}
-        features["scenario"] = rows["scenario"].map(scenario_index).to_numpy(np.int64)
-        if self.has_year:
-            year = rows["year"].astype(float).fillna(self.year_mean)
-            features["year"] = ((year - self.year_mean) / self.year_std).to_numpy(np.float32)
+        rows = dataset.split(split).reset_index(drop=True)
+        transformed = self.transform(rows)
+        names = [*self.spec.categorical, *self.spec.dense]
+        features = {name: transformed[name] for name in names}
         if self.knowledge is not None:
             features[USER_ROW] = rows["user_id"].map(self.user_rows).to_numpy(np.int64)
             features[SCENARIO_ROW] = features["scenario"]
+        slices = {name: np.asarray(preprocessing.slice_names(name), dtype=object)[transformed[name]]
+                  for name in preprocessing.SLICES}
         return Encoded(features, rows["label"].to_numpy(np.float32), rows["user_id"].to_numpy(),
-                       rows["scenario"].to_numpy())
+                       rows["scenario"].to_numpy(), slices)
+
+    def transform(self, rows) -> Dict[str, np.ndarray]:
+        """The Transform graph on raw interaction rows (ids as the examples carry them, `[B, 1]`)."""
+        outputs = {}
+        for start in range(0, len(rows), ENCODE_CHUNK):
+            chunk = rows.iloc[start:start + ENCODE_CHUNK]
+            raw = {name: tf.constant(chunk[name].astype(str).to_numpy().reshape(-1, 1))
+                   for name in preprocessing.RAW_FEATURES}
+            for name, value in self.transform_layer(raw).items():
+                outputs.setdefault(name, []).append(value.numpy())
+        return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
     def tf_dataset(self, encoded: Encoded, batch_size: int, shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
         """Batches of `(features, label)`, assembled from in-memory columns by row index: tf.data
@@ -113,15 +109,85 @@ class Encoder:
             return features, tf.gather(labels, index)
         return rows.batch(batch_size).map(assemble, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    def _join_items(self, dataset: Dataset, interactions: pd.DataFrame) -> pd.DataFrame:
-        items = dataset.items.set_index("item_id")
-        rows = interactions.reset_index(drop=True).copy()
-        first = items["categories"].fillna("").astype(str).str.split("|").str[0]
-        rows["category"] = rows["item_id"].map(first).fillna("")
-        if "year" in items.columns:
-            rows["year"] = rows["item_id"].map(pd.to_numeric(items["year"], errors="coerce"))
-        return rows
+    def report(self, ranking, encoded: Encoded, batch_size: int) -> dict:
+        scores = ranking.predict(self.tf_dataset(encoded, batch_size), verbose=0)
+        return metrics.report(encoded.labels, scores, encoded.users, encoded.scenarios, self.scenario_ids,
+                              slices=encoded.slices)
 
+
+# -- the Transform, fitted on train -----------------------------------------------------------------
+
+def fit_transform(dataset: Dataset):
+    """`preprocessing_fn` analysed on the train split (tf.Transform, in-memory Beam): a
+    `TFTransformOutput`, cached on disk by the data set's and the feature code's fingerprints."""
+    import tensorflow_transform as tft
+
+    if dataset.folder is None:
+        raise ValueError("fit_transform needs a data set read from a folder (read_dataset)")
+    target = _cache_dir() / "transform" / _transform_key(dataset)
+    if not (target / "transform_fn").is_dir():
+        _analyze(dataset, target)
+    return tft.TFTransformOutput(str(target))
+
+
+def _analyze(dataset: Dataset, target: pathlib.Path) -> None:
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from llm4msr.files import replace_dir, staging_dir
+
+    batches, adapter_config = _record_batches(dataset.split("train"))
+    config = {"scenarios": dataset.scenario_ids, "dataset_dir": dataset.folder}
+    staging = staging_dir(target)
+    try:
+        options = PipelineOptions(["--direct_running_mode=in_memory"])
+        with beam.Pipeline(runner="DirectRunner", options=options) as pipeline:
+            with tft_beam.Context(temp_dir=str(staging / "tmp")):
+                transform_fn = ((pipeline | beam.Create(batches), adapter_config)
+                                | tft_beam.AnalyzeDataset(lambda inputs: preprocessing.preprocessing_fn(inputs, config)))
+                _ = transform_fn | tft_beam.WriteTransformFn(str(staging))
+        shutil.rmtree(staging / "tmp", ignore_errors=True)
+        replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _record_batches(rows, batch_rows: int = 50_000):
+    """Train rows as Arrow record batches of `[B, 1]` features (tf.Transform's fast input format)."""
+    import pyarrow as pa
+    from tensorflow_transform.tf_metadata import schema_utils
+    from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
+
+    def column(values, kind):
+        return pa.array([[value] for value in values], type=pa.large_list(kind))
+
+    arrays = {name: column(rows[name].astype(str).str.encode("utf-8"), pa.large_binary())
+              for name in preprocessing.RAW_FEATURES}
+    arrays[preprocessing.LABEL] = column(rows[preprocessing.LABEL].astype(int), pa.int64())
+    table = pa.RecordBatch.from_arrays(list(arrays.values()), list(arrays))
+    schema = schema_utils.schema_from_feature_spec(preprocessing.raw_feature_spec())
+    config = tensor_adapter.TensorAdapterConfig(
+        table.schema, tensor_representation_util.InferTensorRepresentationsFromSchema(schema))
+    return [table.slice(start, batch_rows) for start in range(0, len(rows), batch_rows)], config
+
+
+def _transform_key(dataset: Dataset) -> str:
+    from llm4msr.pipeline.components import dataset_fingerprint
+
+    digest = hashlib.sha256(dataset_fingerprint(dataset.folder).encode())
+    digest.update(pathlib.Path(preprocessing.__file__).read_bytes())
+    digest.update(pathlib.Path(__file__).read_bytes())
+    digest.update(",".join(dataset.scenario_ids).encode())
+    return digest.hexdigest()[:16]
+
+
+def _cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("LLM4MSR_CACHE_DIR") or pathlib.Path.home() / ".cache" / "llm4msr")
+
+
+# -- llm4msr train ------------------------------------------------------------------------------------
 
 def load_knowledge(knowledge_dir, mode: str) -> Optional[Knowledge]:
     """The knowledge folder when the mode needs one; a clear error when it is missing."""
@@ -133,55 +199,36 @@ def load_knowledge(knowledge_dir, mode: str) -> Optional[Knowledge]:
     return read_knowledge(knowledge_dir)
 
 
-def train(data_dir, config: ModelConfig, knowledge_dir=None, seed: int = 0, epochs: int = 10,
-          batch_size: int = 1024, patience: int = 2, verbose: int = 2) -> dict:
-    """Trains with early stopping on eval AUC (best weights restored) and reports test metrics."""
+def train(data_dir, config: ModelConfig, knowledge_dir=None, training: Optional[TrainConfig] = None,
+          verbose: int = 2) -> dict:
+    """Trains with the one training loop and reports eval and test metrics."""
+    training = training or TrainConfig()
     knowledge = load_knowledge(knowledge_dir, config.knowledge)
     dataset = read_dataset(data_dir)
-    tf.keras.utils.set_random_seed(seed)
     encoder = Encoder(dataset, knowledge)
-    spec = encoder.input_spec()
     splits = {name: encoder.encode(dataset, name) for name in ("train", "eval", "test")}
     for name, encoded in splits.items():
         if not len(encoded.labels):
             raise UserFacingError(f"{data_dir}: the {name} split is empty")
-    ranking, summary = fit(encoder, splits, config, seed, epochs, batch_size, patience, verbose)
-    test = splits["test"]
-    scores = ranking.predict(encoder.tf_dataset(test, batch_size), verbose=0)
+    ranking, summary = fit_encoded(encoder, splits, config, training, verbose)
     return {
         "data": str(data_dir), **summary,
-        "test": metrics.report(test.labels, scores, test.users, test.scenarios, encoder.scenario_ids),
-        "config": config.to_dict(), "input_spec": spec.to_dict(),
+        "eval": encoder.report(ranking, splits["eval"], training.batch_size),
+        "test": encoder.report(ranking, splits["test"], training.batch_size),
+        "config": config.to_dict(), "training": training.to_dict(), "input_spec": encoder.input_spec().to_dict(),
     }
 
 
-def fit(encoder: "Encoder", splits: dict, config: ModelConfig, seed: int, epochs: int, batch_size: int,
-        patience: int, verbose: int = 0):
-    """Trains on the train split with early stopping on eval AUC (best weights restored).
-    Returns the trained `RankingModel` and a summary: epochs, best epoch and eval AUC, seconds, size."""
-    tf.keras.utils.set_random_seed(seed)
-    ranking = compile_ranking_model(config, encoder.input_spec())
-    stopper = tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
-                                               restore_best_weights=True)
-    started = time.time()
-    history = ranking.fit(encoder.tf_dataset(splits["train"], batch_size, shuffle_seed=seed),
-                          validation_data=encoder.tf_dataset(splits["eval"], batch_size),
-                          epochs=epochs, callbacks=[stopper], verbose=verbose)
-    return ranking, {
-        "backbone": config.backbone, "knowledge": config.knowledge, "seed": seed,
-        "epochs": len(history.history["val_auc"]), "best_epoch": stopper.best_epoch + 1,
-        "best_eval_auc": float(stopper.best), "train_seconds": round(time.time() - started, 2),
-        "parameters": int(ranking.model.count_params()),
-    }
+def fit_encoded(encoder: Encoder, splits: dict, config: ModelConfig, training: TrainConfig, verbose: int = 0):
+    """`training.fit` on encoded splits: the train split reshuffled every epoch with the seed."""
+    train_batches = encoder.tf_dataset(splits["train"], training.batch_size, shuffle_seed=training.seed)
+    eval_batches = encoder.tf_dataset(splits["eval"], training.batch_size)
+    return fit(config, encoder.input_spec(), train_batches, eval_batches, training, verbose=verbose)
 
 
 def format_report(result: dict) -> str:
-    """A small table: overall and per-scenario test AUC, gAUC, logloss."""
+    """A small table: test AUC, gAUC, logloss and calibration overall, per scenario and per slice."""
     lines = [f"{result['backbone']} knowledge={result['knowledge']} seed={result['seed']}: "
              f"{result['epochs']} epochs (best {result['best_epoch']}), {result['train_seconds']:.1f} s",
-             f"{'slice':<10}{'examples':>10}{'AUC':>9}{'gAUC':>9}{'logloss':>9}"]
-    rows = [("overall", result["test"]["overall"]), *result["test"]["scenarios"].items()]
-    for name, values in rows:
-        lines.append(f"{name:<10}{values['examples']:>10}{values['auc']:>9.4f}{values['gauc']:>9.4f}"
-                     f"{values['logloss']:>9.4f}")
+             metrics.format_table(result["test"])]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ TFX trainer. Input names and dtypes:
 Scalar features may arrive as `[B]` or `[B, 1]`; the layers accept both.
 """
 from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, List, Mapping, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import tensorflow as tf
 
@@ -91,3 +91,29 @@ class InputSpec:
 def as_vector(tensor: tf.Tensor) -> tf.Tensor:
     """`[B]` or `[B, 1]` -> `[B]`."""
     return tf.reshape(tensor, [-1])
+
+
+def input_spec_from_transform(tft_output, num_scenarios: int, knowledge_dim: Optional[int] = None) -> InputSpec:
+    """The model inputs the Transform graph produces (`llm4msr.transform.preprocessing`): every int64
+    output but the label, the scenario and the evaluation slices is a categorical feature sized by
+    its vocabulary (+ the out-of-vocabulary slot), every float scalar a dense one. `knowledge_dim`
+    None reads the knowledge width from the graph's outputs (knowledge joined to the examples)."""
+    from llm4msr.transform.preprocessing import LABEL, OOV_BUCKETS, SCENARIO, SLICE_PREFIX
+
+    shapes = tft_output.transformed_feature_spec()
+    categorical, dense = {}, []
+    for name in sorted(shapes):
+        feature = shapes[name]
+        if name in (LABEL, SCENARIO, USER_KNOWLEDGE, SCENARIO_KNOWLEDGE) or name.startswith(SLICE_PREFIX):
+            continue
+        if feature.dtype == tf.int64:
+            categorical[name] = tft_output.vocabulary_size_by_name(name) + OOV_BUCKETS
+        else:
+            dense.append(name)
+    categorical[SCENARIO] = num_scenarios
+    if knowledge_dim is None:
+        user_dim = int(shapes[USER_KNOWLEDGE].shape[-1]) if USER_KNOWLEDGE in shapes else 0
+        scenario_dim = int(shapes[SCENARIO_KNOWLEDGE].shape[-1]) if SCENARIO_KNOWLEDGE in shapes else 0
+    else:
+        user_dim = scenario_dim = knowledge_dim
+    return InputSpec(categorical, dense, SCENARIO, user_dim, scenario_dim)

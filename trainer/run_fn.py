@@ -15,7 +15,9 @@ export can also carry what serving needs, versioned with the model in `assets.ex
 `knowledge/` (the knowledge the examples were joined with: the serving knowledge store) and
 `tf_serving_warmup_requests` (real eval examples, one request per signature).
 """
+import json
 import os
+from typing import Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -25,7 +27,9 @@ from tfx_bsl.public import tfxio
 from llm4msr.pipeline.components import FEATURES, KNOWLEDGE_DIR, LABEL, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
 from llm4msr.serving.assets import write_serving_assets
 from llm4msr.serving.contract import broadcast_to_candidates
-from llm4msr.transform.preprocessing import ID_FEATURES, OOV_BUCKETS
+from llm4msr.trainer.features import input_spec_from_transform
+from llm4msr.trainer.model import ModelConfig
+from llm4msr.trainer.training import TrainConfig
 
 PREDICTION_KEY = "probability"
 RAW_SIGNATURE = "predict_raw"
@@ -33,36 +37,56 @@ WARMUP_EXAMPLES = 16
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    from llm4msr.trainer.model import compile_ranking_model
+    """Trains with the one training loop (`llm4msr.trainer.training.fit`) and exports the model.
+
+    `custom_config`: `model` (ModelConfig fields), `training` (TrainConfig fields), `scenarios`.
+    TFX's own arguments win over them: `train_steps` caps the train steps, `eval_steps` the eval
+    batches per epoch, `hyperparameters` (a Tuner's best, or a dict of ModelConfig/TrainConfig
+    fields) override the config, and `model_run_dir` receives TensorBoard logs and the summary."""
+    from llm4msr.trainer.training import fit
 
     config = fn_args.custom_config
-    # same seed: same initialisation and data order, so reruns differ by thread scheduling only
-    seed = int(config.get("seed", 0))
-    tf.keras.utils.set_random_seed(seed)
+    model_config, training = resolve_settings(config, fn_args)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    spec = input_spec(tft_output, len(config["scenarios"]))
-    batch_size = int(config.get("batch_size", 1024))
-    train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, batch_size, shuffle=True, seed=seed)
-    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, batch_size, shuffle=False, seed=seed)
-
-    ranking = compile_ranking_model(config["model"], spec)
-    ranking.fit(train, validation_data=evaluation, epochs=int(config.get("epochs", 3)),
-                  callbacks=[tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=1,
-                                                              restore_best_weights=True)],
-                  verbose=2)
+    spec = input_spec_from_transform(tft_output, len(config["scenarios"]))
+    train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, training.batch_size,
+                     shuffle=True, seed=training.seed)
+    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, training.batch_size,
+                          shuffle=False, seed=training.seed)
+    if fn_args.eval_steps:
+        evaluation = evaluation.take(fn_args.eval_steps)
+    callbacks = []
+    if fn_args.model_run_dir:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"))
+    ranking, summary = fit(model_config, spec, train, evaluation, training, callbacks, verbose=2)
     export(ranking.model, tft_output, fn_args.serving_model_dir)
     knowledge = os.path.join(_examples_root(fn_args.train_files), KNOWLEDGE_DIR)
     samples = _warmup_samples(_serialized_examples(fn_args.eval_files, WARMUP_EXAMPLES))
     write_serving_assets(fn_args.serving_model_dir, knowledge, item_ids=[], samples=samples)
+    if fn_args.model_run_dir:
+        summary.update(model=model_config.to_dict(), training=training.to_dict(), input_spec=spec.to_dict())
+        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "train_summary.json"), "w") as handle:
+            handle.write(json.dumps(summary, indent=2))
 
 
-def input_spec(tft_output: tft.TFTransformOutput, num_scenarios: int) -> dict:
-    categorical = {name: tft_output.vocabulary_size_by_name(name) + OOV_BUCKETS for name in ID_FEATURES}
-    categorical["scenario"] = num_scenarios
-    shapes = tft_output.transformed_feature_spec()
-    return {"categorical": categorical, "dense": [],
-            "user_knowledge_dim": int(shapes[USER_KNOWLEDGE].shape[-1]),
-            "scenario_knowledge_dim": int(shapes[SCENARIO_KNOWLEDGE].shape[-1])}
+def resolve_settings(custom_config: dict, fn_args) -> Tuple[ModelConfig, TrainConfig]:
+    """ModelConfig and TrainConfig from the custom config, overridden by the Tuner's hyper-parameters
+    (each name must be a field of one of them) and by `train_steps`."""
+    model, training = dict(custom_config.get("model") or {}), dict(custom_config.get("training") or {})
+    hyperparameters = getattr(fn_args, "hyperparameters", None) or {}
+    if isinstance(hyperparameters, dict) and "values" in hyperparameters:  # keras_tuner HyperParameters config
+        hyperparameters = hyperparameters["values"]
+    model_fields, training_fields = set(ModelConfig.__dataclass_fields__), set(TrainConfig.__dataclass_fields__)
+    for name, value in dict(hyperparameters).items():
+        if name in model_fields:
+            model[name] = value
+        elif name in training_fields:
+            training[name] = value
+        else:
+            raise ValueError(f"hyperparameter {name!r} is neither a ModelConfig nor a TrainConfig field")
+    if getattr(fn_args, "train_steps", None):
+        training["max_steps"] = int(fn_args.train_steps)
+    return ModelConfig.from_dict(model), TrainConfig.from_dict(training)
 
 
 def _dataset(files, data_accessor, tft_output, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:

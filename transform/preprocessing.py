@@ -1,29 +1,77 @@
-"""The Transform `preprocessing_fn`: vocabularies (with an OOV bucket) for ids, a fixed scenario
-index, knowledge vectors passed through. Vocabularies are computed on the train split only
-(Transform analyses `train` and applies to every split), so eval/test never leak into them."""
+"""The feature contract: `preprocessing_fn` is the one definition of every model input, for the TFX
+Transform component and for `llm4msr train` alike (which runs this same function with tf.Transform
+on an in-memory Beam pipeline, `llm4msr.trainer.fast`).
+
+Raw inputs, what an example and a serving request carry: `user_id`, `item_id`, `scenario` strings,
+`label` (training and evaluation only) and the knowledge vectors. Item and user attributes are
+looked up by id inside the graph from the data set's `items.csv` / `users.csv` (read when the
+function is traced), so a served model takes ids only and an unknown id gets the
+out-of-vocabulary slot or the train mean.
+
+| output | kind | computed from |
+|---|---|---|
+| `user_id`, `item_id` | vocabulary index; out of vocabulary = the last index | train rows |
+| `item_category` | vocabulary index | the first of `items.csv` `categories` |
+| `item_<column>`, `user_<column>` | vocabulary index (text) or z-score (numeric, e.g. `year`) | other columns of `items.csv` / `users.csv` |
+| `scenario` | fixed index 0..S-1, the order of scenarios.json | |
+| `user_knowledge`, `scenario_knowledge` | float32 vectors, passed through | |
+| `slice_user_history`, `slice_item_popularity` | bucket index of the id's train rows (`HISTORY_BUCKETS`, `POPULARITY_BUCKETS`); evaluation slices, not model inputs | train rows |
+| `label` | 0/1 | |
+
+Every statistic (vocabularies, means, counts) comes from the train split only: Transform analyses
+`train` and applies the result to every split.
+"""
+import functools
+import pathlib
+from typing import Dict, List, Tuple
+
+import numpy as np
+import pandas as pd
 import tensorflow as tf
 import tensorflow_transform as tft
 
 ID_FEATURES = ("user_id", "item_id")
 SCENARIO, LABEL = "scenario", "label"
+RAW_FEATURES = ("user_id", "item_id", "scenario")  # the string inputs every example and request carries
 KNOWLEDGE_FEATURES = ("user_knowledge", "scenario_knowledge")
 OOV_BUCKETS = 1
+SLICE_PREFIX = "slice_"
+# Lower edges of the evaluation slices, in train rows: history 0, 1-5, 6-20, 21+; popularity 0, 1-5, 6-50, 51+.
+HISTORY_BUCKETS = (0, 1, 6, 21)
+POPULARITY_BUCKETS = (0, 1, 6, 51)
+SLICES = {"slice_user_history": ("user_id", HISTORY_BUCKETS), "slice_item_popularity": ("item_id", POPULARITY_BUCKETS)}
+# items.csv columns that are text for prompts, not features
+ITEM_TEXT_COLUMNS = ("title", "description")
 
 
 def preprocessing_fn(inputs, custom_config):
     """`custom_config["scenarios"]` lists the scenario ids in index order (scenarios.json), so the
-    index of a scenario, and with it its per-scenario parameters, never depends on the data."""
-    outputs = {}
-    for name in ID_FEATURES:
-        outputs[name] = tft.compute_and_apply_vocabulary(
-            _squeeze(inputs[name]), num_oov_buckets=OOV_BUCKETS, vocab_filename=name)
+    index of a scenario, and with it its per-scenario parameters, never depends on the data;
+    `custom_config["dataset_dir"]` is the canonical data set whose items.csv / users.csv give the
+    attributes."""
+    user, item = _squeeze(inputs["user_id"]), _squeeze(inputs["item_id"])
+    outputs = {name: tft.compute_and_apply_vocabulary(value, num_oov_buckets=OOV_BUCKETS, vocab_filename=name)
+               for name, value in (("user_id", user), ("item_id", item))}
+    tables = attribute_tables(custom_config["dataset_dir"])
+    for key, table in ((item, tables.items), (user, tables.users)):
+        for name, attribute in _lookup_attributes(key, table).items():
+            outputs[name] = _encode_attribute(name, attribute)
     outputs[SCENARIO] = scenario_index(_squeeze(inputs[SCENARIO]), custom_config["scenarios"])
+    for name, (key, edges) in SLICES.items():
+        outputs[name] = _train_count_bucket(user if key == "user_id" else item, edges, name)
     for name in KNOWLEDGE_FEATURES:
         if name in inputs:
             outputs[name] = tf.cast(inputs[name], tf.float32)
     if LABEL in inputs:
         outputs[LABEL] = _squeeze(inputs[LABEL])
     return outputs
+
+
+def raw_feature_spec() -> dict:
+    """The raw features of an interaction (what CanonicalExampleGen writes, before knowledge is joined)."""
+    spec = {name: tf.io.FixedLenFeature([1], tf.string) for name in RAW_FEATURES}
+    spec[LABEL] = tf.io.FixedLenFeature([1], tf.int64)
+    return spec
 
 
 def scenario_index(scenario: tf.Tensor, scenario_ids) -> tf.Tensor:
@@ -33,6 +81,100 @@ def scenario_index(scenario: tf.Tensor, scenario_ids) -> tf.Tensor:
     with tf.control_dependencies([tf.debugging.assert_equal(
             tf.reduce_any(matches, axis=-1), True, message=f"unknown scenario id; known: {', '.join(scenario_ids)}")]):
         return tf.argmax(tf.cast(matches, tf.int64), axis=-1)
+
+
+# -- item and user attributes ------------------------------------------------------------------------
+
+class AttributeTable:
+    """Attribute columns of items.csv or users.csv, keyed by id: text columns as strings ("" when
+    missing), numeric columns as float32 (NaN when missing)."""
+
+    def __init__(self, ids: List[str], columns: Dict[str, np.ndarray]):
+        self.ids, self.columns = ids, columns
+
+
+class AttributeTables:
+    def __init__(self, items: AttributeTable, users: AttributeTable):
+        self.items, self.users = items, users
+
+
+@functools.lru_cache(maxsize=4)
+def attribute_tables(dataset_dir: str) -> AttributeTables:
+    """The attribute features of a canonical data set (read once per process and folder: Transform
+    traces `preprocessing_fn` several times)."""
+    from llm4msr.pipeline.data.canonical import read_items, read_users
+
+    folder = pathlib.Path(dataset_dir)
+    items = read_items(folder)
+    item_columns = {"item_category": items["categories"].fillna("").astype(str).str.split("|").str[0].str.strip()}
+    for column in items.columns:
+        if column not in ("item_id", "categories", *ITEM_TEXT_COLUMNS):
+            item_columns[f"item_{column}"] = items[column]
+    users = read_users(folder)
+    user_columns = {} if users is None else {f"user_{c}": users[c] for c in users.columns if c != "user_id"}
+    return AttributeTables(_table(items["item_id"], item_columns),
+                           _table(users["user_id"] if users is not None else pd.Series([], dtype=str), user_columns))
+
+
+def _table(ids: pd.Series, columns: Dict[str, pd.Series]) -> AttributeTable:
+    typed = {}
+    for name, values in columns.items():
+        text = values.fillna("").astype(str).str.strip()
+        numbers = pd.to_numeric(text.where(text != ""), errors="coerce")
+        is_numeric = bool((text != "").any()) and bool(numbers.notna().eq(text != "").all())
+        typed[name] = numbers.to_numpy(np.float32) if is_numeric else text.to_numpy(object)
+    return AttributeTable(ids.astype(str).tolist(), typed)
+
+
+def _lookup_attributes(key: tf.Tensor, table: AttributeTable) -> Dict[str, tf.Tensor]:
+    """Every attribute of `key`'s row; ids not in the table get "" / NaN."""
+    if not table.columns:
+        return {}
+    with tf.init_scope():  # built once, not on every call of the traced function
+        rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(table.ids), tf.range(len(table.ids), dtype=tf.int64)),
+            default_value=-1)
+        values = {name: tf.constant(np.append(column, np.array(["" if column.dtype == object else np.nan],
+                                                               column.dtype)))
+                  for name, column in table.columns.items()}
+    row = rows.lookup(key)
+    row = tf.where(row < 0, tf.cast(len(table.ids), tf.int64), row)  # the appended missing value
+    return {name: tf.gather(column, row) for name, column in values.items()}
+
+
+def _encode_attribute(name: str, value: tf.Tensor) -> tf.Tensor:
+    if value.dtype == tf.string:
+        return tft.compute_and_apply_vocabulary(value, num_oov_buckets=OOV_BUCKETS, vocab_filename=name)
+    known = tf.math.is_finite(value)
+    train_values = tf.boolean_mask(value, known)
+    mean, variance = tft.mean(train_values), tft.var(train_values)
+    scaled = (value - mean) * tf.math.rsqrt(tf.maximum(variance, 1e-12))
+    return tf.where(known, scaled, tf.zeros_like(scaled))  # missing: the train mean
+
+
+def _train_count_bucket(key: tf.Tensor, edges: Tuple[int, ...], name: str) -> tf.Tensor:
+    """Index of the bucket (by lower edge) holding the number of train rows of `key`: the counts
+    come from a vocabulary file with frequencies ("count key" lines), looked up as a table."""
+    counts_file = tft.vocabulary(key, store_frequency=True, vocab_filename=f"{name}_train_counts")
+
+    def count_lookup(values, filename):
+        table = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+            filename, key_dtype=tf.string, key_index=1, value_dtype=tf.int64, value_index=0, delimiter=" "),
+            default_value=0)
+        return table.lookup(values), table.size()
+
+    count = tft.apply_vocabulary(key, counts_file, lookup_fn=count_lookup)
+    return tf.reduce_sum(tf.cast(tf.expand_dims(count, -1) >= tf.constant(edges[1:], tf.int64), tf.int64), axis=-1)
+
+
+def slice_names(name: str) -> List[str]:
+    """Readable bucket names of a slice feature, by index: e.g. ['0', '1-5', '6-20', '21+']."""
+    edges = SLICES[name][1]
+    names = []
+    for index, low in enumerate(edges):
+        high = edges[index + 1] - 1 if index + 1 < len(edges) else None
+        names.append(f"{low}+" if high is None else (str(low) if high == low else f"{low}-{high}"))
+    return names
 
 
 def _squeeze(tensor: tf.Tensor) -> tf.Tensor:

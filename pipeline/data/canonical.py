@@ -30,6 +30,7 @@ class Dataset:
     scenarios: List[Scenario]
     users: Optional[pd.DataFrame] = None  # user_id[, attributes...]
     manifest: dict = field(default_factory=dict)  # where the set came from and how it was made
+    folder: Optional[str] = None  # where it was read from (items.csv / users.csv feed the feature contract)
 
     @property
     def scenario_ids(self) -> List[str]:
@@ -71,7 +72,7 @@ def read_dataset(folder, split: str = "time", seed: int = 0) -> Dataset:
     users = _read_users(folder / USERS) if (folder / USERS).exists() else None
     manifest_path = folder / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"source": "canonical"}
-    return Dataset(interactions, items, scenarios, users, manifest)
+    return Dataset(interactions, items, scenarios, users, manifest, str(folder.resolve()))
 
 
 def assign_split(interactions: pd.DataFrame, split: str, seed: int, where) -> pd.Series:
@@ -82,6 +83,17 @@ def assign_split(interactions: pd.DataFrame, split: str, seed: int, where) -> pd
     if "timestamp" not in interactions.columns:
         raise DataError(where, "the time split needs a 'timestamp' column; add one or use --split random")
     return time_split(interactions)
+
+
+def read_items(folder) -> pd.DataFrame:
+    """items.csv of a canonical set, validated (the attribute source of the feature contract)."""
+    return _read_items(pathlib.Path(folder) / ITEMS)
+
+
+def read_users(folder) -> Optional[pd.DataFrame]:
+    """users.csv of a canonical set, validated, or None when the set has none."""
+    path = pathlib.Path(folder) / USERS
+    return _read_users(path) if path.exists() else None
 
 
 def _read_scenarios(path: pathlib.Path) -> List[Scenario]:
