@@ -19,7 +19,8 @@ $(STAMP): requirements.lock setup.py scripts/install-env
 
 run: setup
 	$(LLM4MSR) data prepare --source $(SOURCE) --out $(RUN_DIR)/data/$(SOURCE)
-	$(LLM4MSR) pipeline run --config $(CONFIG) --data $(RUN_DIR)/data/$(SOURCE) --report $(RUN_DIR)/report.json
+	$(LLM4MSR) pipeline run --config $(CONFIG) --data $(RUN_DIR)/data/$(SOURCE) --root $(RUN_DIR)/pipeline \
+	  --serving-dir $(RUN_DIR)/serving/llm4msr --report $(RUN_DIR)/report.json
 	$(LLM4MSR) recommend --embedded-server --scenario all --k 5 --data $(RUN_DIR)/data/$(SOURCE) \
 	  --model-dir $(RUN_DIR)/serving/llm4msr
 

@@ -41,12 +41,16 @@ import numpy as np
 import pandas as pd
 
 from llm4msr.errors import UserFacingError
+from llm4msr.trainer.training import TrainConfig
 
 RESULTS_CSV, RESULTS_MD, GRID_JSON = "results.csv", "results.md", "grid.json"
 SCENARIO_PLOT, LIFT_PLOT = "auc_per_scenario.png", "lift.png"
-METRICS = ("auc", "logloss", "gauc", "examples")
+METRICS = ("auc", "logloss", "gauc", "calibration", "examples")
 KEY = ("backbone", "knowledge", "seed")
 MODE_ORDER = ("none", "user", "scenario", "both")
+
+
+_TRAINING = TrainConfig()
 
 
 @dataclass
@@ -57,9 +61,9 @@ class GridSpec:
     backbones: Sequence[str] = ("dnn", "shared_bottom", "mmoe", "ple", "star")
     modes: Sequence[str] = MODE_ORDER
     seeds: Sequence[int] = (0, 1, 2)
-    epochs: int = 10
-    batch_size: int = 1024
-    patience: int = 2
+    epochs: int = _TRAINING.epochs  # the budget of every run: TrainConfig's, as llm4msr train and the pipeline
+    batch_size: int = _TRAINING.batch_size
+    patience: int = _TRAINING.patience
     model: Dict = field(default_factory=dict)  # ModelConfig fields shared by every run
     jobs: int = 1
 
@@ -143,20 +147,18 @@ class Workspace:
         eval and test scored once each. Returns the same dict as `fast.train` plus `eval`."""
         import tensorflow as tf
 
-        from llm4msr.trainer import metrics
-        from llm4msr.trainer.fast import fit
+        from llm4msr.trainer.fast import fit_encoded
 
         with_knowledge = config.knowledge != "none"
         if with_knowledge and self.knowledge is None:
             raise UserFacingError(f"knowledge={config.knowledge} needs --knowledge-dir")
         encoder, splits = self.encoders[with_knowledge], self.splits[with_knowledge]
         tf.keras.backend.clear_session()
-        ranking, summary = fit(encoder, splits, config, seed, epochs, batch_size, patience, verbose)
+        training = TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, seed=seed)
+        ranking, summary = fit_encoded(encoder, splits, config, training, verbose)
         result = {"data": self.data_dir, **summary}
         for name in ("eval", "test"):
-            split = splits[name]
-            scores = ranking.predict(encoder.tf_dataset(split, batch_size), verbose=0)
-            result[name] = metrics.report(split.labels, scores, split.users, split.scenarios, encoder.scenario_ids)
+            result[name] = encoder.report(ranking, splits[name], batch_size)
         return result
 
 
@@ -172,6 +174,10 @@ def flatten(result: dict, settings_hash: str) -> dict:
         for scenario, values in result[split]["scenarios"].items():
             for metric in METRICS:
                 row[f"{split}_{scenario}_{metric}"] = values[metric]
+    for slice_name, buckets in result["test"].get("slices", {}).items():
+        for bucket, values in buckets.items():
+            for metric in METRICS:
+                row[f"test_{slice_name.replace('slice_', '')}={bucket}_{metric}"] = values[metric]
     row["settings"] = settings_hash
     row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return row

@@ -26,9 +26,10 @@ def add_parser(subparsers) -> None:
     seeds.add_argument("--seeds", type=int, default=3, help="number of seeds: 0..N-1 (default 3)")
     seeds.add_argument("--seed-list", help="explicit comma-separated seeds instead of --seeds")
     bench.add_argument("--out", required=True, help="output folder (results.csv, results.md, *.png)")
-    bench.add_argument("--epochs", type=int, default=10, help="maximum epochs per run (early stopping on eval AUC)")
-    bench.add_argument("--patience", type=int, default=2)
-    bench.add_argument("--batch-size", type=int, default=1024)
+    bench.add_argument("--epochs", type=int, help="maximum epochs per run (early stopping on eval AUC); "
+                                                 "default TrainConfig's (10)")
+    bench.add_argument("--patience", type=int, help="default TrainConfig's (2)")
+    bench.add_argument("--batch-size", type=int, help="default TrainConfig's (1024)")
     bench.add_argument("--config", help="JSON file with ModelConfig fields shared by every run "
                                         "(e.g. learning_rate, projection_dim, meta_rank)")
     bench.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -79,8 +80,8 @@ def _benchmark(args) -> int:
             raise UserFacingError(f"--seeds must be at least 1, got {args.seeds}")
         seeds = list(range(args.seeds))
     spec = benchmark.GridSpec(args.data, args.out, args.knowledge_dir, backbones=_names(args.backbones),
-                              modes=_names(args.knowledge), seeds=seeds, epochs=args.epochs,
-                              batch_size=args.batch_size, patience=args.patience, model=_model_overrides(args),
-                              jobs=args.jobs)
+                              modes=_names(args.knowledge), seeds=seeds, model=_model_overrides(args),
+                              jobs=args.jobs, **{name: getattr(args, name) for name in ("epochs", "batch_size", "patience")
+                                                 if getattr(args, name) is not None})
     benchmark.run_grid(spec, overwrite=args.overwrite, log=lambda line: print(line, flush=True))
     return 0
