@@ -24,6 +24,18 @@ def require_data(relative: str) -> pathlib.Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The fast path's Transform cache in a folder of this test session, not the user's ~/.cache."""
+    previous = os.environ.get("LLM4MSR_CACHE_DIR")
+    os.environ["LLM4MSR_CACHE_DIR"] = str(tmp_path_factory.mktemp("llm4msr-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("LLM4MSR_CACHE_DIR", None)
+    else:
+        os.environ["LLM4MSR_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_movielens() -> pathlib.Path:
     """The ml-latest-small cut for tests: 40 users, 2,984 ratings."""

@@ -8,9 +8,9 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from llm4msr.cli import main
 from llm4msr.trainer import metrics
-from llm4msr.trainer.fast import Encoder, Vocabulary
+from llm4msr.trainer.fast import Encoder
 
-METRICS = {"auc", "gauc", "logloss", "examples"}
+METRICS = {"auc", "gauc", "logloss", "calibration", "examples"}
 
 
 
@@ -58,30 +58,52 @@ def test_batches_hold_every_row_once_per_epoch_with_its_own_label_and_knowledge(
     encoder = Encoder(dataset, knowledge)
     train = encoder.encode(dataset, "train")
     # a row's identity: its user and item indices, year and label; the user fixes its knowledge vector
-    expected = sorted(zip(train.features["user_id"], train.features["item_id"], train.features["year"], train.labels))
-    user_index = encoder.vocabularies["user_id"].index
-    vector_of = {user_index[u]: knowledge.user_vector(u) for u in set(train.users)}
+    features = train.features
+    expected = sorted(zip(features["user_id"], features["item_id"], features["item_year"], train.labels))
+    vector_of = {index: knowledge.user_vector(user) for index, user in zip(features["user_id"], train.users)}
     data = encoder.tf_dataset(train, batch_size=64, shuffle_seed=3)
     orders = []
     for _ in range(2):  # two epochs
         rows = []
-        for features, labels in data:
-            users = features["user_id"].numpy()
-            np.testing.assert_array_equal(features["user_knowledge"].numpy(), np.stack([vector_of[u] for u in users]))
-            scenarios = features["scenario"].numpy()
-            np.testing.assert_array_equal(features["scenario_knowledge"].numpy(), encoder.scenario_table[scenarios])
-            rows += zip(users, features["item_id"].numpy(), features["year"].numpy(), labels.numpy())
+        for batch, labels in data:
+            users = batch["user_id"].numpy()
+            np.testing.assert_array_equal(batch["user_knowledge"].numpy(), np.stack([vector_of[u] for u in users]))
+            scenarios = batch["scenario"].numpy()
+            np.testing.assert_array_equal(batch["scenario_knowledge"].numpy(), encoder.scenario_table[scenarios])
+            rows += zip(users, batch["item_id"].numpy(), batch["item_year"].numpy(), labels.numpy())
         assert sorted(rows) == expected
         orders.append(rows)
     assert orders[0] != orders[1]  # reshuffled every epoch
-    assert orders[0] != [row for row in zip(train.features["user_id"], train.features["item_id"],
-                                            train.features["year"], train.labels)]
+    assert orders[0] != list(zip(features["user_id"], features["item_id"], features["item_year"], train.labels))
 
 
-def test_vocabulary_orders_by_train_frequency_and_maps_unknowns_to_zero():
-    vocabulary = Vocabulary(["b", "a", "b", "c", "a", "b"])
-    assert vocabulary.size == 4
-    assert vocabulary.lookup(["b", "a", "c", "zzz"]).tolist() == [1, 2, 3, 0]
+def test_transform_vocabularies_order_by_train_frequency_and_put_unknowns_last(tiny_data):
+    import pandas as pd
+
+    from llm4msr.pipeline.data.canonical import read_dataset
+
+    dataset = read_dataset(tiny_data)
+    encoder = Encoder(dataset)
+    train = dataset.split("train")
+    by_frequency = train["item_id"].value_counts()
+    top, unseen = by_frequency.index[0], "no-such-item"
+    rows = pd.DataFrame({"user_id": [train["user_id"].iloc[0]] * 2, "item_id": [top, unseen], "scenario": ["S0", "S0"]})
+    encoded = encoder.transform(rows)
+    size = encoder.input_spec().categorical["item_id"]
+    assert encoded["item_id"].tolist() == [0, size - 1]  # most frequent first, out of vocabulary last
+    assert encoded["slice_item_popularity"].tolist()[1] == 0  # an unseen item is in the "0" bucket
+    assert encoded["item_category"][1] == encoder.input_spec().categorical["item_category"] - 1
+
+
+def test_config_file_sets_what_flags_leave_open(tiny_data, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"backbone": "dnn", "learning_rate": 0.01, "training": {"patience": 1}}))
+    out = tmp_path / "r.json"
+    code = main(["train", "--data", str(tiny_data), "--config", str(config), "--epochs", "1", "--batch-size", "512",
+                 "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert code == 0 and result["backbone"] == "dnn" and result["config"]["learning_rate"] == 0.01
+    assert result["training"] == {"epochs": 1, "patience": 1, "batch_size": 512, "seed": 0, "max_steps": None}
 
 
 def test_auc_and_logloss_match_sklearn():
@@ -107,3 +129,56 @@ def test_report_has_overall_and_per_scenario_slices():
     assert list(report["scenarios"]) == ["S0", "S1"]  # S2 has no rows
     assert report["scenarios"]["S1"]["auc"] == 1.0 and report["scenarios"]["S0"]["auc"] == 0.0
     assert report["overall"]["examples"] == 4
+
+
+def test_report_has_calibration_and_bucketed_slices_in_bucket_order():
+    report = metrics.report([1, 0, 1, 0], [0.9, 0.5, 0.2, 0.8], ["u", "u", "v", "v"], ["S0"] * 4,
+                            slices={"slice_user_history": np.array(["21+", "21+", "1-5", "1-5"], dtype=object)})
+    assert report["overall"]["calibration"] == pytest.approx(0.6 / 0.5)
+    assert list(report["slices"]["slice_user_history"]) == ["1-5", "21+"]
+    assert report["slices"]["slice_user_history"]["21+"]["calibration"] == pytest.approx(0.7 / 0.5)
+
+
+def test_normalized_logloss_is_one_for_the_constant_predictor_and_above_for_an_overconfident_one():
+    from llm4msr.pipeline.metrics import _Combiner, constant_logloss
+    from tensorflow_model_analysis.metrics import metric_types
+
+    labels = np.array([1, 0, 0, 1, 0, 0, 0, 1])
+    combiner = _Combiner(metric_types.MetricKey(name="normalized_logloss"), eval_config=None)
+
+    def value(predictions):
+        accumulator = combiner.create_accumulator()
+        for label, prediction in zip(labels, predictions):
+            accumulator = combiner.add_input(accumulator, metric_types.StandardMetricInputs(
+                labels=np.array([label]), predictions=np.array([prediction]), example_weights=np.array([1.0])))
+        halves = [accumulator, combiner.create_accumulator()]
+        return list(combiner.extract_output(combiner.merge_accumulators(halves)).values())[0]
+
+    assert value(np.full(8, labels.mean())) == pytest.approx(1.0)
+    assert value(np.full(8, 0.62)) > 1.0  # over-predicting, as the model of issue 12 (calibration 1.32)
+    assert value(np.where(labels == 1, 0.8, 0.2)) < 1.0
+    assert constant_logloss(0.5) == pytest.approx(np.log(2))
+
+
+def test_max_steps_caps_training_across_epochs(tiny_data):
+    from llm4msr.pipeline.data.canonical import read_dataset
+    from llm4msr.trainer.fast import fit_encoded
+    from llm4msr.trainer.model import ModelConfig
+    from llm4msr.trainer.training import TrainConfig
+
+    dataset = read_dataset(tiny_data)
+    encoder = Encoder(dataset)
+    splits = {name: encoder.encode(dataset, name) for name in ("train", "eval")}
+    ranking, summary = fit_encoded(encoder, splits, ModelConfig(), TrainConfig(epochs=5, batch_size=256, max_steps=12))
+    assert int(ranking.optimizer.iterations.numpy()) == 12  # 10 steps per epoch here: stopped inside epoch 2
+    assert summary["epochs"] == 2
+
+
+def test_train_config_refuses_bad_values():
+    from llm4msr.trainer.training import TrainConfig
+    from llm4msr.trainer.validation import ConfigError
+
+    with pytest.raises(ConfigError, match="TrainConfig.epochs: expected an integer >= 1, got -1"):
+        TrainConfig(epochs=-1)
+    with pytest.raises(ConfigError, match="TrainConfig.lr: unknown field"):
+        TrainConfig.from_dict({"lr": 1})

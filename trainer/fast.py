@@ -11,6 +11,7 @@ inputs, not learned: every user gets their extracted vector (unknown users the c
 gathered per batch from an in-memory table instead of being stored per row.
 """
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -138,7 +139,7 @@ def _analyze(dataset: Dataset, target: pathlib.Path) -> None:
     from llm4msr.files import replace_dir, staging_dir
 
     batches, adapter_config = _record_batches(dataset.split("train"))
-    config = {"scenarios": dataset.scenario_ids, "dataset_dir": dataset.folder}
+    config = transform_config(dataset)
     staging = staging_dir(target)
     try:
         options = PipelineOptions(["--direct_running_mode=in_memory"])
@@ -173,13 +174,19 @@ def _record_batches(rows, batch_rows: int = 50_000):
     return [table.slice(start, batch_rows) for start in range(0, len(rows), batch_rows)], config
 
 
+def transform_config(dataset: Dataset) -> dict:
+    """The `custom_config` of `preprocessing_fn`, as the pipeline's Transform gets it."""
+    return {"scenarios": dataset.scenario_ids, "dataset_dir": dataset.folder,
+            "id_min_train_rows": preprocessing.ID_MIN_TRAIN_ROWS}
+
+
 def _transform_key(dataset: Dataset) -> str:
     from llm4msr.pipeline.components import dataset_fingerprint
 
-    digest = hashlib.sha256(dataset_fingerprint(dataset.folder).encode())
+    config = {**transform_config(dataset), "dataset_dir": dataset_fingerprint(dataset.folder)}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     digest.update(pathlib.Path(preprocessing.__file__).read_bytes())
     digest.update(pathlib.Path(__file__).read_bytes())
-    digest.update(",".join(dataset.scenario_ids).encode())
     return digest.hexdigest()[:16]
 
 

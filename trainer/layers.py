@@ -463,3 +463,37 @@ def mix_experts(gate_logits, experts):
     matmul: the same `einsum` transposes first, and made an MMoE train step ~15 % slower on CPU."""
     weights = tf.nn.softmax(gate_logits, axis=-1)[:, None, :]
     return tf.squeeze(tf.matmul(weights, experts), axis=1)
+
+
+@serializable
+class ScenarioCalibration(tf.keras.layers.Layer):
+    """Per-scenario Platt scaling of a logit: `[logit [B, 1], scenario [B]] -> scale[s] * logit + shift[s]`.
+
+    Not trained by gradient descent (it starts as the identity); `llm4msr.trainer.training.fit` sets
+    it after training from the eval split (`set_calibration`), so the served probabilities match
+    the observed click rates of every scenario."""
+
+    def __init__(self, num_scenarios: int, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.num_scenarios = num_scenarios
+
+    def build(self, input_shape):
+        self.scale = self.add_weight("scale", [self.num_scenarios], initializer="ones", trainable=False)
+        self.shift = self.add_weight("shift", [self.num_scenarios], initializer="zeros", trainable=False)
+        super().build(input_shape)
+
+    @no_autograph
+    def call(self, inputs):
+        logit, scenario = inputs
+        scenario = as_vector(tf.cast(scenario, tf.int32))
+        return logit * tf.expand_dims(tf.gather(self.scale, scenario), -1) + tf.expand_dims(
+            tf.gather(self.shift, scenario), -1)
+
+    def set_calibration(self, scale, shift) -> None:
+        """`scale`, `shift`: `[num_scenarios]` arrays."""
+        self.scale.assign(tf.constant(scale, tf.float32))
+        self.shift.assign(tf.constant(shift, tf.float32))
+
+    def get_config(self):
+        return {**super().get_config(), "num_scenarios": self.num_scenarios}

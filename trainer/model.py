@@ -2,7 +2,7 @@
 the trainable `tfrs.Model` around it.
 
     embeddings ─> [UserMetaStack(user_knowledge)] ─> [DCN Cross] ─┬─> backbone ──────────┐
-                                                                  └─> [ScenarioMetaTower] ─┴─ + ─> sigmoid
+                                                                  └─> [ScenarioMetaTower] ─┴─ + ─> calibration ─> sigmoid
 
 `build_model` returns a plain functional `tf.keras.Model` (dict of features -> click probability
 `[B, 1]`, output name `probability`): save it with `model.save(path)` (SavedModel) or
@@ -23,11 +23,13 @@ import tensorflow_recommenders as tfrs
 from llm4msr.trainer.backbones import BACKBONES, make_backbone
 from llm4msr.trainer.features import (SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec, fail,
                                       require_positive)
-from llm4msr.trainer.layers import Cross, FeatureEmbedding, ScenarioMetaTower, UserMetaStack, no_autograph
+from llm4msr.trainer.layers import (Cross, FeatureEmbedding, ScenarioCalibration, ScenarioMetaTower, UserMetaStack,
+                                    no_autograph)
 from llm4msr.trainer.optimizer import FusedAdam
 
 KNOWLEDGE_MODES = ("none", "user", "scenario", "both")
 LABEL = "label"
+CALIBRATION_LAYER = "calibration"  # ScenarioCalibration, set after training from the eval split
 
 
 @dataclass
@@ -144,6 +146,7 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
                                   user_projected=config.uses_user_knowledge, num_scenarios=spec.num_scenarios,
                                   name="scenario_meta", **meta)
         logit = tf.keras.layers.Add(name="logit")([logit, tower(tower_inputs)])
+    logit = ScenarioCalibration(spec.num_scenarios, name=CALIBRATION_LAYER)([logit, scenario])
     probability = tf.keras.layers.Activation("sigmoid", name="probability")(logit)
     return tf.keras.Model(inputs, probability, name=f"llm4msr_{config.backbone}_{config.knowledge}")
 

@@ -11,9 +11,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
-import tensorflow as tf
-
-from llm4msr.trainer.features import fail, require_positive
+from llm4msr.trainer.validation import fail, require_positive
 
 
 @dataclass
@@ -23,6 +21,7 @@ class TrainConfig:
     batch_size: int = 1024
     seed: int = 0  # initialisation and data order: a rerun differs by thread scheduling only
     max_steps: Optional[int] = None  # total train steps across epochs (TFX `train_steps`); None: no cap
+    calibrate: bool = True  # fit per-scenario Platt scaling on the eval split after training
 
     def __post_init__(self):
         for name in ("epochs", "patience", "batch_size"):
@@ -45,25 +44,27 @@ class TrainConfig:
         return asdict(self)
 
 
-class StopAfterSteps(tf.keras.callbacks.Callback):
-    """Ends training once the optimizer has taken `max_steps` steps (in whichever epoch)."""
+def stop_after_steps(max_steps: int):
+    """A Keras callback that ends training once the optimizer has taken `max_steps` steps, in
+    whichever epoch (defined here so that importing this module does not load TensorFlow)."""
+    import tensorflow as tf
 
-    def __init__(self, max_steps: int):
-        super().__init__()
-        self.max_steps = max_steps
+    class StopAfterSteps(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) >= max_steps:
+                self.model.stop_training = True
 
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= self.max_steps:
-            self.model.stop_training = True
+    return StopAfterSteps()
 
 
-def fit(model_config, input_spec, train: tf.data.Dataset, evaluation: tf.data.Dataset,
-        config: TrainConfig, callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+def fit(model_config, input_spec, train, evaluation, config: TrainConfig, callbacks: Sequence = (),
         verbose: int = 0) -> Tuple["RankingModel", dict]:  # noqa: F821
     """Builds, compiles and trains a `RankingModel`. `train` and `evaluation` yield
     `(features, label)` batches; `train` is shuffled by its maker with `config.seed`.
     Returns the model with its best weights and a summary (epochs, best epoch and eval AUC, seconds,
     parameters)."""
+    import tensorflow as tf
+
     from llm4msr.trainer.model import ModelConfig, compile_ranking_model
 
     model_config = ModelConfig.from_dict(model_config)
@@ -71,14 +72,60 @@ def fit(model_config, input_spec, train: tf.data.Dataset, evaluation: tf.data.Da
     ranking = compile_ranking_model(model_config, input_spec)
     stopper = tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience,
                                                restore_best_weights=True)
-    extra = [StopAfterSteps(config.max_steps)] if config.max_steps else []
+    extra = [stop_after_steps(config.max_steps)] if config.max_steps else []
     started = time.time()
     history = ranking.fit(train, validation_data=evaluation, epochs=config.epochs,
                           callbacks=[stopper, *extra, *callbacks], verbose=verbose)
     epochs = len(history.history["val_auc"])  # EarlyStopping restores the best weights however training ended
+    calibration = calibrate(ranking, evaluation) if config.calibrate else None
     return ranking, {
         "backbone": model_config.backbone, "knowledge": model_config.knowledge, "seed": config.seed,
         "epochs": epochs, "best_epoch": stopper.best_epoch + 1,
         "best_eval_auc": float(stopper.best), "train_seconds": round(time.time() - started, 2),
-        "parameters": int(ranking.model.count_params()),
+        "parameters": int(ranking.model.count_params()), "calibration": calibration,
     }
+
+
+MIN_CALIBRATION_ROWS = 200  # a scenario with fewer eval rows (or one class) shares the overall fit
+
+
+def calibrate(ranking, evaluation) -> dict:
+    """Fits `scale * logit + shift` per scenario on the eval batches (logistic regression on the
+    model's logit, Newton steps) and sets the model's `ScenarioCalibration` layer. Monotonic within
+    a scenario, so per-scenario AUC does not change. Returns the fitted values."""
+    import numpy as np
+
+    from llm4msr.trainer.model import CALIBRATION_LAYER
+
+    layer = ranking.model.get_layer(CALIBRATION_LAYER)
+    layer.set_calibration(np.ones(layer.num_scenarios), np.zeros(layer.num_scenarios))
+    logits, labels, scenarios = [], [], []
+    for features, label in evaluation:
+        probability = np.clip(ranking.predict_step((features, label)).numpy().reshape(-1), 1e-7, 1 - 1e-7)
+        logits.append(np.log(probability / (1 - probability)))
+        labels.append(np.asarray(label).reshape(-1))
+        scenarios.append(np.asarray(features["scenario"]).reshape(-1))
+    logits, labels, scenarios = (np.concatenate(parts) for parts in (logits, labels, scenarios))
+    overall = platt(logits, labels)
+    fitted = []
+    for scenario in range(layer.num_scenarios):
+        rows = scenarios == scenario
+        enough = rows.sum() >= MIN_CALIBRATION_ROWS and 0 < labels[rows].mean() < 1
+        fitted.append(platt(logits[rows], labels[rows]) if enough else overall)
+    scale, shift = np.array(fitted).T
+    layer.set_calibration(scale, shift)
+    return {"scale": scale.round(4).tolist(), "shift": shift.round(4).tolist()}
+
+
+def platt(logits, labels, steps: int = 25) -> tuple:
+    """(a, b) minimising the logloss of sigmoid(a * logit + b): two-parameter logistic regression."""
+    import numpy as np
+
+    a, b = 1.0, 0.0
+    x = np.stack([logits, np.ones_like(logits)], axis=1)
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(a * logits + b)))
+        gradient = x.T @ (p - labels)
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
+        a, b = np.array([a, b]) - np.linalg.solve(hessian, gradient)
+    return float(a), float(b)

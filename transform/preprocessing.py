@@ -35,6 +35,10 @@ SCENARIO, LABEL = "scenario", "label"
 RAW_FEATURES = ("user_id", "item_id", "scenario")  # the string inputs every example and request carries
 KNOWLEDGE_FEATURES = ("user_knowledge", "scenario_knowledge")
 OOV_BUCKETS = 1
+# Ids with fewer train rows share the out-of-vocabulary embedding, which so learns what a rare or new
+# id looks like. Chosen on eval (ml-latest-small, STAR knowledge=both, 3 seeds): mean eval AUC
+# 0.7575 / 0.7687 / 0.7735 for 1 / 3 / 10 rows, logloss 0.598 / 0.584 / 0.578.
+ID_MIN_TRAIN_ROWS = 10
 SLICE_PREFIX = "slice_"
 # Lower edges of the evaluation slices, in train rows: history 0, 1-5, 6-20, 21+; popularity 0, 1-5, 6-50, 51+.
 HISTORY_BUCKETS = (0, 1, 6, 21)
@@ -50,7 +54,9 @@ def preprocessing_fn(inputs, custom_config):
     `custom_config["dataset_dir"]` is the canonical data set whose items.csv / users.csv give the
     attributes."""
     user, item = _squeeze(inputs["user_id"]), _squeeze(inputs["item_id"])
-    outputs = {name: tft.compute_and_apply_vocabulary(value, num_oov_buckets=OOV_BUCKETS, vocab_filename=name)
+    min_rows = int(custom_config.get("id_min_train_rows", ID_MIN_TRAIN_ROWS))
+    outputs = {name: tft.compute_and_apply_vocabulary(value, num_oov_buckets=OOV_BUCKETS, vocab_filename=name,
+                                                      frequency_threshold=min_rows)
                for name, value in (("user_id", user), ("item_id", item))}
     tables = attribute_tables(custom_config["dataset_dir"])
     for key, table in ((item, tables.items), (user, tables.users)):
