@@ -103,7 +103,8 @@ def test_config_file_sets_what_flags_leave_open(tiny_data, tmp_path):
                  "--out", str(out)])
     result = json.loads(out.read_text())
     assert code == 0 and result["backbone"] == "dnn" and result["config"]["learning_rate"] == 0.01
-    assert result["training"] == {"epochs": 1, "patience": 1, "batch_size": 512, "seed": 0, "max_steps": None}
+    assert result["training"] == {"epochs": 1, "patience": 1, "batch_size": 512, "seed": 0, "max_steps": None,
+                                  "calibrate": True}
 
 
 def test_auc_and_logloss_match_sklearn():
@@ -182,3 +183,37 @@ def test_train_config_refuses_bad_values():
         TrainConfig(epochs=-1)
     with pytest.raises(ConfigError, match="TrainConfig.lr: unknown field"):
         TrainConfig.from_dict({"lr": 1})
+
+
+def test_platt_fit_recovers_a_known_scale_and_shift():
+    from llm4msr.trainer.training import platt
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=20_000) * 2
+    labels = (rng.random(20_000) < 1 / (1 + np.exp(-(0.5 * logits - 0.7)))).astype(float)
+    a, b = platt(logits, labels)
+    assert a == pytest.approx(0.5, abs=0.05) and b == pytest.approx(-0.7, abs=0.05)
+
+
+def test_calibration_after_training_matches_the_eval_click_rate_per_scenario(tiny_data):
+    from llm4msr.pipeline.data.canonical import read_dataset
+    from llm4msr.trainer import training
+    from llm4msr.trainer.fast import fit_encoded
+    from llm4msr.trainer.model import ModelConfig
+    from llm4msr.trainer.training import TrainConfig
+
+    dataset = read_dataset(tiny_data)
+    encoder = Encoder(dataset)
+    splits = {name: encoder.encode(dataset, name) for name in ("train", "eval")}
+    old = training.MIN_CALIBRATION_ROWS
+    training.MIN_CALIBRATION_ROWS = 50  # the tiny fixture's eval split is small
+    try:
+        ranking, summary = fit_encoded(encoder, splits, ModelConfig(), TrainConfig(epochs=2, batch_size=256))
+    finally:
+        training.MIN_CALIBRATION_ROWS = old
+    evaluation = splits["eval"]
+    scores = ranking.predict(encoder.tf_dataset(evaluation, 256), verbose=0).reshape(-1)
+    rows = evaluation.features["scenario"] == 0
+    # Platt scaling's first-order condition: on the data it was fitted on, mean prediction = mean label
+    assert scores[rows].mean() == pytest.approx(evaluation.labels[rows].mean(), abs=1e-3)
+    assert summary["calibration"]["scale"][0] != 1.0

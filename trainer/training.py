@@ -128,4 +128,6 @@ def platt(logits, labels, steps: int = 25) -> tuple:
         gradient = x.T @ (p - labels)
         hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
         a, b = np.array([a, b]) - np.linalg.solve(hessian, gradient)
+    if not (np.isfinite(a) and np.isfinite(b)):  # separable or degenerate eval data: keep the model as it is
+        return 1.0, 0.0
     return float(a), float(b)
