@@ -3,7 +3,8 @@
 - `CanonicalExampleGen`: the canonical data set (../shared/docs/DATA_FORMAT.md) -> `Examples` with
   its authoritative train/eval/test splits and string ids (CsvExampleGen would infer ids as ints).
 - `KnowledgeExtractor`: prompts -> frozen LLM -> `Knowledge` (vectors, prompts, texts, fingerprint).
-- `KnowledgeJoiner`: a Beam join adding `user_knowledge` and `scenario_knowledge` to every example,
+- `KnowledgeJoiner`: a Beam join adding `user_knowledge`, `scenario_knowledge` (and `item_knowledge`
+  when the knowledge has an item level) to every example,
   refusing data the ExampleValidator found anomalous, and extending the schema with the vectors.
   The joined examples carry the knowledge they were joined with (`<uri>/knowledge/`, beside the
   `Split-*` folders that example readers read), so the Trainer can ship the same knowledge with
@@ -23,7 +24,8 @@ from llm4msr.errors import UserFacingError
 
 FEATURES = ("user_id", "item_id", "scenario")  # raw string features every example carries
 LABEL = "label"
-USER_KNOWLEDGE, SCENARIO_KNOWLEDGE = "user_knowledge", "scenario_knowledge"
+USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE = "user_knowledge", "scenario_knowledge", "item_knowledge"
+KNOWLEDGE_FEATURES = (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE)
 SPLITS = ("train", "eval", "test")
 EXAMPLES_FILE_FORMAT = "tfrecords_gzip"
 KNOWLEDGE_DIR = "knowledge"  # inside joined examples: the knowledge they were joined with
@@ -95,6 +97,7 @@ def KnowledgeExtractor(
     backend: Parameter[str] = "encoder",
     cache_dir: Parameter[str] = "",
     batch_size: Parameter[int] = 64,
+    levels: Parameter[str] = "user,scenario",  # comma-separated; "item" adds one prompt per item
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """Runs the knowledge Beam pipeline with this pipeline's Beam options; the prompt cache makes
@@ -104,7 +107,8 @@ def KnowledgeExtractor(
     del dataset_fingerprint
     counts = extract_knowledge(dataset_dir, knowledge.uri, model=model, backend=backend,
                                cache_dir=cache_dir or None, batch_size=batch_size,
-                               beam_pipeline_args=_beam_args(beam_pipeline), progress=False)
+                               beam_pipeline_args=_beam_args(beam_pipeline), progress=False,
+                               levels=levels.split(","))
     for key, value in counts.items():
         knowledge.set_string_custom_property(key, str(value))
 
@@ -139,52 +143,68 @@ def KnowledgeJoiner(
     joined_schema: OutputArtifact[standard_artifacts.Schema],
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
-    """Joins knowledge vectors to examples; users the extraction never saw get the cold-start
+    """Joins knowledge vectors to examples; users (items) the extraction never saw get the cold-start
     vector. Stops, with the anomalies listed, when the ExampleValidator did not bless the data."""
     from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
 
     raise_on_anomalies(anomalies)
     store = read_knowledge(knowledge.uri)
-    user_vectors = [(user_id, record.vector.tolist()) for user_id, record in store.users.items()
-                    if user_id != COLD_START_ID]
+
+    def keyed_vectors(records):
+        return [(key, record.vector.tolist()) for key, record in records.items() if key != COLD_START_ID]
+    user_vectors = keyed_vectors(store.users)
     scenario_vectors = {sid: record.vector.tolist() for sid, record in store.scenarios.items()}
     default_user = store.default_user_vector.tolist()
-    _write_schema_with_knowledge(schema, joined_schema, store.dim)
+    names = KNOWLEDGE_FEATURES if store.has_items else (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE)
+    _write_schema_with_knowledge(schema, joined_schema, store.dim, names)
     _mark_examples(joined_examples)
     copy_tree(knowledge.uri, os.path.join(joined_examples.uri, KNOWLEDGE_DIR))
     with beam_pipeline as pipeline:
         users = pipeline | "UserKnowledge" >> beam.Create(user_vectors)
         scenarios = pipeline | "ScenarioKnowledge" >> beam.Create([scenario_vectors])
+        items = pipeline | "ItemKnowledge" >> beam.Create(keyed_vectors(store.items)) if store.has_items else None
         for split in SPLITS:
             keyed = (pipeline
                      | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
                          os.path.join(examples.path(split=split), "*"),
                          coder=beam.coders.BytesCoder(), compression_type=beam.io.filesystem.CompressionTypes.GZIP)
-                     | f"KeyByUser[{split}]" >> beam.Map(_key_by_user))
-            ({"examples": keyed, "knowledge": users}
-             | f"Join[{split}]" >> beam.CoGroupByKey()
-             | f"AddKnowledge[{split}]" >> beam.FlatMap(_add_knowledge, beam.pvalue.AsSingleton(scenarios),
-                                                         default_user)
-             | f"Write[{split}]" >> _write_split(joined_examples, split))
+                     | f"KeyByUser[{split}]" >> beam.Map(_key_by, "user_id"))
+            joined = ({"examples": keyed, "knowledge": users}
+                      | f"Join[{split}]" >> beam.CoGroupByKey()
+                      | f"AddUserKnowledge[{split}]" >> beam.FlatMap(_add_vector, USER_KNOWLEDGE, default_user)
+                      | f"AddScenarioKnowledge[{split}]" >> beam.Map(_add_scenario_vector,
+                                                                     beam.pvalue.AsSingleton(scenarios)))
+            if items is not None:
+                joined = ({"examples": joined | f"KeyByItem[{split}]" >> beam.Map(_key_by, "item_id"),
+                           "knowledge": items}
+                          | f"JoinItems[{split}]" >> beam.CoGroupByKey()
+                          | f"AddItemKnowledge[{split}]" >> beam.FlatMap(_add_vector, ITEM_KNOWLEDGE,
+                                                                          store.default_item_vector.tolist()))
+            _ = joined | f"Write[{split}]" >> _write_split(joined_examples, split)
 
 
-def _key_by_user(serialized: bytes) -> Tuple[str, bytes]:
+def _key_by(serialized: bytes, feature: str) -> Tuple[str, bytes]:
     example = tf.train.Example.FromString(serialized)
-    return example.features.feature["user_id"].bytes_list.value[0].decode(), serialized
+    return example.features.feature[feature].bytes_list.value[0].decode(), serialized
 
 
-def _add_knowledge(joined, scenario_vectors: Dict[str, list], default_user: list) -> Iterable[bytes]:
+def _add_vector(joined, name: str, default: list) -> Iterable[bytes]:
+    """(key, {examples, knowledge}) -> the examples with the key's vector (or `default`) as `name`."""
     _, groups = joined
-    user_vector = groups["knowledge"][0] if groups["knowledge"] else default_user
+    vector = groups["knowledge"][0] if groups["knowledge"] else default
     for serialized in groups["examples"]:
         example = tf.train.Example.FromString(serialized)
-        scenario = example.features.feature["scenario"].bytes_list.value[0].decode()
-        if scenario not in scenario_vectors:
-            raise UserFacingError(f"no knowledge for scenario {scenario!r}: re-run the KnowledgeExtractor")
-        feature = example.features.feature
-        feature[USER_KNOWLEDGE].float_list.value.extend(user_vector)
-        feature[SCENARIO_KNOWLEDGE].float_list.value.extend(scenario_vectors[scenario])
+        example.features.feature[name].float_list.value.extend(vector)
         yield example.SerializeToString()
+
+
+def _add_scenario_vector(serialized: bytes, scenario_vectors: Dict[str, list]) -> bytes:
+    example = tf.train.Example.FromString(serialized)
+    scenario = example.features.feature["scenario"].bytes_list.value[0].decode()
+    if scenario not in scenario_vectors:
+        raise UserFacingError(f"no knowledge for scenario {scenario!r}: re-run the KnowledgeExtractor")
+    example.features.feature[SCENARIO_KNOWLEDGE].float_list.value.extend(scenario_vectors[scenario])
+    return example.SerializeToString()
 
 
 def raise_on_anomalies(anomalies) -> None:
@@ -207,12 +227,12 @@ def raise_on_anomalies(anomalies) -> None:
                               "ExampleValidator:\n" + "\n".join(problems))
 
 
-def _write_schema_with_knowledge(schema, joined_schema, dim: int) -> None:
+def _write_schema_with_knowledge(schema, joined_schema, dim: int, names=(USER_KNOWLEDGE, SCENARIO_KNOWLEDGE)) -> None:
     from tensorflow_metadata.proto.v0 import schema_pb2
     from tfx.utils import io_utils
 
     proto = io_utils.SchemaReader().read(os.path.join(schema.uri, "schema.pbtxt"))
-    for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE):
+    for name in names:
         feature = next((f for f in proto.feature if f.name == name), None) or proto.feature.add(name=name)
         feature.type = schema_pb2.FLOAT
         feature.shape.Clear()

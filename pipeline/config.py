@@ -36,6 +36,14 @@ class PipelineConfig:
         return str(pathlib.Path(self.root) / "artifacts")
 
     @property
+    def knowledge_levels(self) -> List[str]:
+        """The levels the KnowledgeExtractor embeds: user and scenario always (the serving store),
+        item only when the model uses it (one prompt per item of items.csv)."""
+        from llm4msr.trainer.model import ModelConfig
+
+        return ["user", "scenario"] + (["item"] if ModelConfig.from_dict(self.model).uses_item_knowledge else [])
+
+    @property
     def metadata_path(self) -> str:
         return str(pathlib.Path(self.root) / "metadata.sqlite")
 

@@ -35,7 +35,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
                                                         schema=schema_gen.outputs["schema"])
     knowledge_extractor = components.KnowledgeExtractor(
         dataset_dir=dataset_dir, dataset_fingerprint=fingerprint, model=config.llm_model,
-        backend=config.llm_backend, cache_dir=config.knowledge_cache_dir)
+        backend=config.llm_backend, cache_dir=config.knowledge_cache_dir, levels=",".join(config.knowledge_levels))
     knowledge_joiner = components.KnowledgeJoiner(
         examples=example_gen.outputs["examples"], knowledge=knowledge_extractor.outputs["knowledge"],
         schema=schema_gen.outputs["schema"], anomalies=example_validator.outputs["anomalies"])

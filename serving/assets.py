@@ -13,7 +13,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
 from llm4msr.serving.client import raw_request
 from llm4msr.serving.contract import (DEFAULT_SIGNATURE, ID_INPUTS, KNOWLEDGE_DIR, MODEL_NAME,
-                                      SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, WARMUP_FILE)
+                                      ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, WARMUP_FILE)
 from llm4msr.serving.knowledge_store import InMemoryKnowledgeStore
 
 Sample = Tuple[str, str, Sequence[str]]  # user id, scenario, candidate item ids
@@ -39,8 +39,10 @@ def write_warmup(path, store, samples: Sequence[Sample], model_name: str = MODEL
     logs = []
     for user, scenario, items in samples:
         user_vector, scenario_vector = store.user_vector(user), store.scenario_vector(scenario)
-        logs.append(raw_request(user, scenario, items, user_vector, scenario_vector, model_name))
-        logs.append(example_request(user, scenario, items[:1], user_vector, scenario_vector, model_name))
+        item_vectors = store.item_vectors(items) if store.has_items else None
+        logs.append(raw_request(user, scenario, items, user_vector, scenario_vector, model_name, item_vectors))
+        logs.append(example_request(user, scenario, items[:1], user_vector, scenario_vector, model_name,
+                                    None if item_vectors is None else item_vectors[:1]))
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for request in logs:
@@ -48,22 +50,26 @@ def write_warmup(path, store, samples: Sequence[Sample], model_name: str = MODEL
             writer.write(entry.SerializeToString())
 
 
-def example(user_id: str, scenario: str, item_id: str, user_vector, scenario_vector) -> tf.train.Example:
-    """The tf.Example `serving_default` parses: the raw features plus both knowledge vectors."""
+def example(user_id: str, scenario: str, item_id: str, user_vector, scenario_vector,
+            item_vector=None) -> tf.train.Example:
+    """The tf.Example `serving_default` parses: the raw features plus the knowledge vectors."""
     values = dict(zip(ID_INPUTS, (user_id, item_id, scenario)))
     feature = {name: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
                for name, value in values.items()}
-    for name, vector in ((USER_KNOWLEDGE, user_vector), (SCENARIO_KNOWLEDGE, scenario_vector)):
-        feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=list(map(float, vector))))
+    vectors = ((USER_KNOWLEDGE, user_vector), (SCENARIO_KNOWLEDGE, scenario_vector), (ITEM_KNOWLEDGE, item_vector))
+    for name, vector in vectors:
+        if vector is not None:
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=list(map(float, vector))))
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def example_request(user_id, scenario, item_ids, user_vector, scenario_vector,
-                    model_name: str = MODEL_NAME) -> predict_pb2.PredictRequest:
+                    model_name: str = MODEL_NAME, item_vectors=None) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = DEFAULT_SIGNATURE
-    serialized = [example(user_id, scenario, item, user_vector, scenario_vector).SerializeToString()
-                  for item in item_ids]
+    serialized = [example(user_id, scenario, item, user_vector, scenario_vector,
+                          None if item_vectors is None else item_vectors[index]).SerializeToString()
+                  for index, item in enumerate(item_ids)]
     request.inputs["examples"].CopyFrom(tf.make_tensor_proto(serialized, tf.string))
     return request

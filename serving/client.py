@@ -3,7 +3,8 @@
     client = ServingClient("127.0.0.1:8500", PushedKnowledgeStore.latest("runs/serving/llm4msr"))
     client.recommend("42", "S1", candidates=["1", "2", "3"], k=2)   # [("3", 0.81), ("1", 0.64)]
 
-`score` fills in both knowledge vectors from the store and calls `predict_raw`. The store follows
+`score` fills in the knowledge vectors from the store (the user's and the scenario's once, the
+items' one per candidate when the model takes item knowledge) and calls `predict_raw`. The store follows
 the model: when the answer comes from another version than the store's, the store of that version
 is loaded and the request is repeated pinned to it, so vectors and weights always match.
 Transient failures (UNAVAILABLE: server restarting, connection refused) are retried by gRPC with
@@ -19,7 +20,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from llm4msr.serving.contract import (DEFAULT_MAX_BATCH, MAX_MESSAGE_BYTES, MODEL_NAME, PREDICTION_KEY,
-                                      RAW_SIGNATURE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE)
+                                      RAW_SIGNATURE, ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE)
 from llm4msr.serving.knowledge_store import KnowledgeStore
 
 _RETRY = {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,
@@ -40,9 +41,11 @@ CHANNEL_OPTIONS = [
 
 
 def raw_request(user_id: str, scenario: str, item_ids: Sequence[str], user_vector: np.ndarray,
-                scenario_vector: np.ndarray, model_name: str = MODEL_NAME) -> predict_pb2.PredictRequest:
+                scenario_vector: np.ndarray, model_name: str = MODEL_NAME,
+                item_vectors: Optional[np.ndarray] = None) -> predict_pb2.PredictRequest:
     """A `predict_raw` request scoring `item_ids` for one user in one scenario. The user, the scenario
-    and the knowledge vectors are sent once (1 row): the signature repeats them per candidate."""
+    and their knowledge vectors are sent once (1 row): the signature repeats them per candidate.
+    `item_vectors` `[N, dim]` (models with item knowledge): one row per candidate."""
     # numpy bytes and contiguous float arrays: make_tensor_proto's fast paths (3 ms -> 0.6 ms per request)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
@@ -53,6 +56,8 @@ def raw_request(user_id: str, scenario: str, item_ids: Sequence[str], user_vecto
     inputs["item_id"].CopyFrom(tf.make_tensor_proto(np.array([i.encode() for i in item_ids], object), tf.string))
     for name, vector in ((USER_KNOWLEDGE, user_vector), (SCENARIO_KNOWLEDGE, scenario_vector)):
         inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(vector, np.float32)[None, :]))
+    if item_vectors is not None:
+        inputs[ITEM_KNOWLEDGE].CopyFrom(tf.make_tensor_proto(np.ascontiguousarray(item_vectors, np.float32)))
     return request
 
 
@@ -96,7 +101,8 @@ class ServingClient:
 
     def _request(self, user_id, scenario, item_ids, version):
         request = raw_request(user_id, scenario, item_ids, self.store.user_vector(user_id),
-                              self.store.scenario_vector(scenario), self.model_name)
+                              self.store.scenario_vector(scenario), self.model_name,
+                              self.store.item_vectors(item_ids) if self.store.has_items else None)
         if version:
             request.model_spec.version.value = version
         elif self.version_label:

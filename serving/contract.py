@@ -14,7 +14,7 @@ DEFAULT_SIGNATURE = "serving_default"  # serialized tf.Example -> probability
 RAW_SIGNATURE = "predict_raw"  # named raw tensors + knowledge vectors -> probability
 PREDICTION_KEY = "probability"
 ID_INPUTS = ("user_id", "item_id", "scenario")
-USER_KNOWLEDGE, SCENARIO_KNOWLEDGE = "user_knowledge", "scenario_knowledge"
+USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE = "user_knowledge", "scenario_knowledge", "item_knowledge"
 KNOWLEDGE_DIR = pathlib.Path("assets.extra") / "knowledge"
 WARMUP_FILE = pathlib.Path("assets.extra") / "tf_serving_warmup_requests"
 
@@ -23,6 +23,7 @@ DEFAULT_MAX_BATCH = 1024  # candidates per request; larger lists are split by th
 
 
 PER_CANDIDATE_INPUT = "item_id"  # predict_raw: one row per candidate; every other input may have 1 row
+# (item_knowledge, when the model takes it, has a row per candidate too: the client fills it from the store)
 
 
 def broadcast_to_candidates(features: dict) -> dict:

@@ -1,5 +1,6 @@
-"""Knowledge vectors for serving: user id -> vector, scenario id -> vector, and the cold-start
-vector for users the extraction has not seen.
+"""Knowledge vectors for serving: user id -> vector, scenario id -> vector, item id -> vector (when
+the model takes item knowledge), and the cold-start vectors for users and items the extraction has
+not seen.
 
 The store travels with the model: every pushed version holds its knowledge folder in
 `<version>/assets.extra/knowledge/` (format: `llm4msr.pipeline.knowledge.artifact`), and
@@ -31,7 +32,7 @@ pushed version under a versioned key prefix (`export_vectors` yields the key/val
 """
 import abc
 import pathlib
-from typing import Iterator, Mapping, Optional, Tuple
+from typing import Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -58,6 +59,15 @@ class KnowledgeStore(abc.ABC):
     def scenario_vector(self, scenario: str) -> np.ndarray:
         """float32 [dim]; raises UserFacingError for an unknown scenario."""
 
+    @property
+    def has_items(self) -> bool:
+        """Whether the model takes item knowledge (then requests carry one item vector per candidate)."""
+        return False
+
+    def item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
+        """float32 [N, dim]; the cold-start item vector for unknown items."""
+        raise UserFacingError("this knowledge store has no item vectors")
+
     def for_version(self, version: int) -> "KnowledgeStore":
         """The store matching another model version (a store not tied to versions returns itself)."""
         return self
@@ -65,17 +75,22 @@ class KnowledgeStore(abc.ABC):
 
 class InMemoryKnowledgeStore(KnowledgeStore):
     def __init__(self, users: Mapping[str, np.ndarray], scenarios: Mapping[str, np.ndarray],
-                 default_user: np.ndarray, version: Optional[int] = None):
+                 default_user: np.ndarray, version: Optional[int] = None,
+                 items: Optional[Mapping[str, np.ndarray]] = None, default_item: Optional[np.ndarray] = None):
         self.users = {k: np.asarray(v, np.float32) for k, v in users.items()}
         self.scenarios = {k: np.asarray(v, np.float32) for k, v in scenarios.items()}
         self.default_user = np.asarray(default_user, np.float32)
+        self.items = {k: np.asarray(v, np.float32) for k, v in (items or {}).items()}
+        self.default_item = None if default_item is None else np.asarray(default_item, np.float32)
         self.version = version
 
     @classmethod
     def from_knowledge(cls, knowledge: Knowledge, version: Optional[int] = None) -> "InMemoryKnowledgeStore":
         users = {k: r.vector for k, r in knowledge.users.items() if k != COLD_START_ID}
         scenarios = {k: r.vector for k, r in knowledge.scenarios.items()}
-        return cls(users, scenarios, knowledge.default_user_vector, version)
+        items = {k: r.vector for k, r in knowledge.items.items() if k != COLD_START_ID}
+        default_item = knowledge.default_item_vector if knowledge.has_items else None
+        return cls(users, scenarios, knowledge.default_user_vector, version, items, default_item)
 
     @property
     def dim(self) -> int:
@@ -83,6 +98,16 @@ class InMemoryKnowledgeStore(KnowledgeStore):
 
     def user_vector(self, user_id: str) -> np.ndarray:
         return self.users.get(user_id, self.default_user)
+
+    @property
+    def has_items(self) -> bool:
+        return self.default_item is not None
+
+    def item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
+        if self.default_item is None:
+            return super().item_vectors(item_ids)
+        return np.stack([self.items.get(i, self.default_item) for i in item_ids]).astype(np.float32, copy=False) \
+            if len(item_ids) else np.zeros((0, self.dim), np.float32)
 
     def scenario_vector(self, scenario: str) -> np.ndarray:
         try:
@@ -100,7 +125,7 @@ class PushedKnowledgeStore(InMemoryKnowledgeStore):
         if not folder.is_dir():
             raise UserFacingError(f"{folder} is missing: version {version} was pushed without its knowledge store")
         base = InMemoryKnowledgeStore.from_knowledge(read_knowledge(folder), version)
-        super().__init__(base.users, base.scenarios, base.default_user, version)
+        super().__init__(base.users, base.scenarios, base.default_user, version, base.items, base.default_item)
         self.model_dir = pathlib.Path(model_dir)
 
     @classmethod
@@ -121,6 +146,6 @@ def key(version: int, level: str, item_id: str) -> str:
 
 def export_vectors(knowledge: Knowledge, version: int) -> Iterator[Tuple[str, bytes]]:
     """Every vector of a knowledge folder as (key, float32 bytes), to load an external store."""
-    for level, records in (("user", knowledge.users), ("scenario", knowledge.scenarios)):
+    for level, records in (("user", knowledge.users), ("scenario", knowledge.scenarios), ("item", knowledge.items)):
         for item_id, record in records.items():
             yield key(version, level, item_id), np.asarray(record.vector, np.float32).tobytes()

@@ -59,13 +59,17 @@ def tiny_data(tiny_movielens, tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tiny_knowledge(tiny_data, tmp_path_factory) -> pathlib.Path:
-    """Random 8-wide knowledge for all but the first three users (they get the cold-start vector)."""
+    """Random 8-wide knowledge for all but the first three users and items (they get the cold-start
+    vector)."""
     import numpy as np
 
     from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, KnowledgeRecord, write_knowledge
 
     rng = np.random.default_rng(0)
-    users = sorted({line.split(",")[0] for line in (tiny_data / "interactions.csv").read_text().splitlines()[1:]})
-    records = {u: KnowledgeRecord(u, rng.normal(size=8).astype(np.float32)) for u in [*users[3:], COLD_START_ID]}
+    rows = [line.split(",") for line in (tiny_data / "interactions.csv").read_text().splitlines()[1:]]
+
+    def random_records(ids):
+        return {i: KnowledgeRecord(i, rng.normal(size=8).astype(np.float32)) for i in [*sorted(ids)[3:], COLD_START_ID]}
     scenarios = {s: KnowledgeRecord(s, rng.normal(size=8).astype(np.float32)) for s in ("S0", "S1", "S2")}
-    return write_knowledge(tmp_path_factory.mktemp("knowledge") / "k", records, scenarios, {"dim": 8})
+    return write_knowledge(tmp_path_factory.mktemp("knowledge") / "k", random_records({r[0] for r in rows}),
+                           scenarios, {"dim": 8}, items=random_records({r[1] for r in rows}))

@@ -11,7 +11,7 @@ from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.data import canonical
 from llm4msr.pipeline.data.prepare import prepare
 from llm4msr.pipeline.knowledge import llm
-from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, LEVELS, SCENARIO, USER, read_knowledge
 from llm4msr.pipeline.knowledge.extract import LOCAL_INFERENCE_WORKER, extract_knowledge, pipeline_args
 from llm4msr.pipeline.knowledge.templates import DEFAULT_DIR
 from test_knowledge_encoder import build_tiny_gpt2
@@ -29,11 +29,14 @@ def data(tiny_movielens, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small(data, tmp_path_factory):
-    """Six users of the tiny set: enough for batches, cheap to embed again and again."""
+    """Six users of the tiny set and the first six items each rated (train rows, so no user is
+    cold): cheap to embed again and again."""
     full = canonical.read_dataset(data)
-    keep = full.interactions["user_id"].isin(["2", "3", "5", "7", "9", "10"])
+    rows = full.interactions[full.interactions["user_id"].isin(["2", "3", "5", "7", "9", "10"])]
+    top = set(rows.sort_values("timestamp").groupby("user_id").head(6)["item_id"])
     out = tmp_path_factory.mktemp("data") / "small"
-    canonical.write_dataset(canonical.Dataset(full.interactions[keep], full.items, full.scenarios), out)
+    canonical.write_dataset(canonical.Dataset(rows[rows["item_id"].isin(top)], full.items[full.items["item_id"].isin(top)],
+                                              full.scenarios), out)
     return out
 
 
@@ -42,8 +45,9 @@ def unique_prompts(folder) -> int:
     return len({r.prompt_hash for r in [*knowledge.users.values(), *knowledge.scenarios.values()]})
 
 
-def run(data, out, cache, **options):
-    return extract_knowledge(data, out, cache_dir=cache, progress=False, beam_pipeline_args=IN_MEMORY, **options)
+def run(data, out, cache, levels=(USER, SCENARIO), **options):
+    return extract_knowledge(data, out, cache_dir=cache, progress=False, beam_pipeline_args=IN_MEMORY,
+                             levels=levels, **options)
 
 
 def test_two_runs_hit_the_cache_and_write_a_complete_artifact(data, tmp_path):
@@ -110,7 +114,7 @@ def test_killed_run_resumes_where_it_stopped(small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(llm.Encoder, "embed", original)
     resumed = run(small, tmp_path / "out", tmp_path / "cache", batch_size=2)
-    assert resumed["inferences"] == resumed["prompts"] - finished
+    assert resumed["inferences"] == unique_prompts(tmp_path / "out") - finished
     assert resumed["cache_hits"] == finished
     assert set(read_knowledge(tmp_path / "out").users) == set(before.users)
 
@@ -150,12 +154,33 @@ def test_cli_extract_and_show(small, tmp_path, capsys):
     args = ["knowledge", "extract", "--data", str(data), "--out", str(out), "--cache-dir", str(cache), "--no-progress"]
     assert cli.main(args) == 0
     final = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "10 prompts, 0 cache hits, 10 inferences" in final and "prompts/s" in final
+    dataset = canonical.read_dataset(data)
+    prompts = dataset.interactions["user_id"].nunique() + SCENARIOS + len(dataset.items) + 2  # + 2 cold-start rows
+    assert f"{prompts} prompts, 0 cache hits, {prompts} inferences" in final and "prompts/s" in final
     assert cli.main(["knowledge", "show", "--data", str(data), "--user", "2", "--knowledge", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "Question:" in shown and "norm 1.0000" in shown
     assert cli.main(["knowledge", "show", "--data", str(data), "--scenario", "S2", "--cache-dir", str(cache)]) == 0
     assert "vector from the cache" in capsys.readouterr().out
+    item = canonical.read_dataset(data).items["item_id"].iloc[0]
+    assert cli.main(["knowledge", "show", "--data", str(data), "--item", item, "--knowledge", str(out)]) == 0
+    assert "Categories:" in capsys.readouterr().out
+
+
+def test_item_level_has_every_item_and_a_cold_start_row(small, tmp_path):
+    first = run(small, tmp_path / "k1", tmp_path / "cache", levels=LEVELS)
+    knowledge = read_knowledge(tmp_path / "k1")
+    items = set(canonical.read_dataset(small).items["item_id"])
+    assert set(knowledge.items) == items | {COLD_START_ID} and knowledge.metadata["levels"] == list(LEVELS)
+    assert np.array_equal(knowledge.item_vector("never-seen"), knowledge.items[COLD_START_ID].vector)
+    assert knowledge.item_matrix(["never-seen", next(iter(items))]).shape == (2, 384)
+    users = canonical.read_dataset(small).interactions["user_id"].nunique()
+    assert first["prompts"] == users + SCENARIOS + len(items) + 2
+    # the user and scenario vectors are those of a run without the item level (same cache entries)
+    without = run(small, tmp_path / "k2", tmp_path / "cache")
+    assert without["inferences"] == 0 and not read_knowledge(tmp_path / "k2").has_items
+    with pytest.raises(UserFacingError, match="no item level"):
+        read_knowledge(tmp_path / "k2").item_vector("1")
 
 
 def test_bad_input_is_reported_without_traceback(data, tmp_path, capsys):

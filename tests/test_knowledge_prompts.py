@@ -5,7 +5,7 @@ import pytest
 from llm4msr.pipeline.data import canonical
 from llm4msr.pipeline.data.prepare import prepare
 from llm4msr.pipeline.knowledge import prompts as P
-from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, SCENARIO, USER
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, ITEM, SCENARIO, USER
 from llm4msr.pipeline.knowledge.llm import load_tokenizer, resolve_model, token_counter
 from llm4msr.pipeline.knowledge.templates import DEFAULT_DIR, TemplateError, load_templates
 
@@ -110,7 +110,7 @@ def test_no_train_rows_is_a_clear_error(dataset, count):
 
 def test_template_version_follows_content(tmp_path):
     bundled = load_templates()
-    for level in ("user", "scenario"):
+    for level in ("user", "scenario", "item"):
         (tmp_path / f"{level}.tmpl").write_text((DEFAULT_DIR / f"{level}.tmpl").read_text())
     assert {k: t.version for k, t in load_templates(tmp_path).items()} == {k: t.version for k, t in bundled.items()}
     edited = (DEFAULT_DIR / "user.tmpl").read_text().replace("Question:", "Ask:")
@@ -121,3 +121,33 @@ def test_template_version_follows_content(tmp_path):
     (tmp_path / "user.tmpl").write_text("version: 1\n=== prompt ===\nhi\n")
     with pytest.raises(TemplateError, match="missing section"):
         load_templates(tmp_path)
+
+
+def test_item_prompts_describe_every_item_with_train_behaviour_only(dataset, count):
+    items = by_id(P.build_prompts(dataset, load_templates(), count, 256), ITEM)
+    assert set(items) == set(dataset.items["item_id"]) | {COLD_START_ID}
+    assert "nothing is known" in items[COLD_START_ID].text
+    row = dataset.items.set_index("item_id").loc["1"]  # Toy Story (1995), Adventure|Animation|...
+    text = items["1"].text
+    assert row["title"] in text and "Categories: Adventure, Animation" in text and "year: 1995" in text
+    # eval and test rows changed (labels flipped, rows dropped): not one item prompt changes
+    interactions = dataset.interactions
+    held_out = interactions["split"] != "train"
+    changed = interactions.assign(label=interactions["label"].where(~held_out, 1 - interactions["label"]))
+    changed = changed[~(held_out & (changed.index % 2 == 0))]
+    other = canonical.Dataset(changed, dataset.items, dataset.scenarios)
+    assert {k: p.text for k, p in by_id(P.build_prompts(other, load_templates(), count, 256), ITEM).items()} == \
+        {k: p.text for k, p in items.items()}
+    # and train behaviour is described: an item never in train says so
+    train_items = set(dataset.split("train")["item_id"])
+    unseen = next(i for i in dataset.items["item_id"] if i not in train_items)
+    assert "not yet interacted with" in items[unseen].text
+    from llm4msr.transform.preprocessing import POPULARITY_BUCKETS
+    assert tuple(low for low, _ in P.POPULARITY_WORDS) == POPULARITY_BUCKETS  # the words follow the slices
+
+
+def test_levels_leave_out_the_item_prompts_and_refuse_unknown_levels(dataset):
+    levels = {p.level for p in P.build_prompts(dataset, load_templates(), words, 256, levels=("user", "scenario"))}
+    assert levels == {USER, SCENARIO}
+    with pytest.raises(P.UserFacingError, match="knowledge levels"):
+        P.build_prompts(dataset, load_templates(), words, 256, levels=("user", "scenario", "items"))

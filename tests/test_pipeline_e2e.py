@@ -1,7 +1,7 @@
 """The real TFX pipeline end to end on the tiny MovieLens fixture (LocalDagRunner, Beam, MiniLM).
 
-One pipeline root is shared by the tests of this module, in order: the first run trains, blesses
-and pushes; the later runs reuse its cached components (as a user's rerun would) and change one
+One pipeline root is shared by the tests of this module, in order: the first run (STAR with every
+knowledge level: user, scenario and item) trains, blesses and pushes; the later runs reuse its cached components (as a user's rerun would) and change one
 thing each: an AUC floor no model can reach, then a curated schema the data violate.
 """
 import glob
@@ -33,6 +33,7 @@ def _config(workspace, **overrides) -> PipelineConfig:
     values = dict(dataset_dir=str(workspace / "data"), root=str(workspace / "run"),
                   serving_dir=str(workspace / "serving"), knowledge_cache_dir=str(workspace / "cache"),
                   training={"epochs": 2, "batch_size": 256}, beam_args=IN_MEMORY,
+                  model={"backbone": "star", "knowledge": "all"},
                   # S2 has ~25 test examples here: its AUC and calibration are noise; the bound tests are below
                   auc_floor=0.0, calibration_band=[0.5, 2.0], max_normalized_logloss=1.5)
     values.update(overrides)
@@ -76,6 +77,7 @@ def test_knowledge_and_joined_examples(first_run, workspace):
     knowledge = read_knowledge(_latest(workspace, "KnowledgeExtractor", "knowledge"))
     assert len(knowledge.users) == 40 + 1 and COLD_START_ID in knowledge.users
     assert sorted(knowledge.scenarios) == ["S0", "S1", "S2"] and knowledge.dim == 384
+    assert COLD_START_ID in knowledge.items and len(knowledge.items) > 1000  # every item of items.csv
     joined = _latest(workspace, "KnowledgeJoiner", "joined_examples")
     examples = _records(joined / "Split-train")
     source = _records(_latest(workspace, "CanonicalExampleGen", "examples") / "Split-train")
@@ -86,6 +88,10 @@ def test_knowledge_and_joined_examples(first_run, workspace):
     np.testing.assert_allclose(example["user_knowledge"].float_list.value, knowledge.user_vector(user), rtol=1e-6)
     np.testing.assert_allclose(example["scenario_knowledge"].float_list.value,
                                knowledge.scenario_vector(scenario), rtol=1e-6)
+    for example in examples[:50]:
+        feature = example.features.feature
+        item = feature["item_id"].bytes_list.value[0].decode()
+        np.testing.assert_allclose(feature["item_knowledge"].float_list.value, knowledge.item_vector(item), rtol=1e-6)
     graph = _latest(workspace, "Transform", "transform_graph")
     vocabulary = (graph / "transform_fn" / "assets" / "user_id").read_text().split()
     train_users = {e.features.feature["user_id"].bytes_list.value[0].decode() for e in examples}
@@ -104,12 +110,42 @@ def test_the_three_signatures_answer_on_real_examples(first_run, workspace):
         return [e.features.feature[name].bytes_list.value[0] for e in examples]
 
     raw = {name: tf.constant(column(name)) for name in ("user_id", "item_id", "scenario")}
-    for name in ("user_knowledge", "scenario_knowledge"):
+    for name in ("user_knowledge", "scenario_knowledge", "item_knowledge"):
         raw[name] = tf.constant([list(e.features.feature[name].float_list.value) for e in examples], tf.float32)
     from_raw = model.signatures["predict_raw"](**raw)["probability"].numpy()
     np.testing.assert_allclose(from_raw, from_examples, rtol=1e-5)
     transformed = model.signatures["transform_features"](examples=serialized)
     assert transformed["scenario"].numpy().max() <= 2 and transformed["user_knowledge"].shape == (16, 384)
+    assert transformed["item_knowledge"].shape == (16, 384)
+
+
+def test_the_client_fills_item_vectors_from_the_pushed_store(first_run, workspace):
+    """Over real gRPC: the client sends one item vector per candidate, from the version's store;
+    an item the store does not know gets the cold-start item vector, and the scores are the
+    SavedModel's own."""
+    from llm4msr.serving.client import ServingClient
+    from llm4msr.serving.knowledge_store import PushedKnowledgeStore
+    from llm4msr.serving.server import ModelRegistry, make_server
+
+    store = PushedKnowledgeStore.latest(workspace / "serving")
+    assert store.has_items
+    items = ["1", "2", "no-such-item"]
+    np.testing.assert_array_equal(store.item_vectors(items)[2], store.default_item)
+    registry = ModelRegistry(workspace / "serving")
+    registry.poll()
+    server, port = make_server(registry, port=0)
+    try:
+        with ServingClient(f"127.0.0.1:{port}", store) as client:
+            scores = client.score("1", "S0", items)
+    finally:
+        server.stop(grace=None)
+    model = tf.saved_model.load(first_run["pushed"])
+    expected = model.signatures["predict_raw"](
+        user_id=tf.constant(["1"] * 3), item_id=tf.constant(items), scenario=tf.constant(["S0"] * 3),
+        user_knowledge=tf.constant([store.user_vector("1")] * 3),
+        scenario_knowledge=tf.constant([store.scenario_vector("S0")] * 3),
+        item_knowledge=tf.constant(store.item_vectors(items)))["probability"].numpy().reshape(-1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
 
 
 def test_rerun_with_nothing_changed_is_cached(first_run, workspace):

@@ -69,7 +69,7 @@ def test_batches_hold_every_row_once_per_epoch_with_its_own_label_and_knowledge(
             users = batch["user_id"].numpy()
             np.testing.assert_array_equal(batch["user_knowledge"].numpy(), np.stack([vector_of[u] for u in users]))
             scenarios = batch["scenario"].numpy()
-            np.testing.assert_array_equal(batch["scenario_knowledge"].numpy(), encoder.scenario_table[scenarios])
+            np.testing.assert_array_equal(batch["scenario_knowledge"].numpy(), knowledge.scenario_matrix(dataset.scenario_ids)[scenarios])
             rows += zip(users, batch["item_id"].numpy(), batch["item_year"].numpy(), labels.numpy())
         assert sorted(rows) == expected
         orders.append(rows)

@@ -41,3 +41,32 @@ def test_user_knowledge_beats_no_knowledge_when_the_signal_is_only_in_knowledge(
         aucs[knowledge] = metrics.auc(test_labels, ranking.predict(test_features, batch_size=1024, verbose=0))
     assert aucs["none"] < 0.6, aucs
     assert aucs["user"] > aucs["none"] + 0.15, aucs
+
+
+def test_item_knowledge_beats_ids_when_the_signal_is_only_in_item_text():
+    """Every item is new at test time (out of vocabulary); whether a user clicks depends only on a
+    direction in the item's knowledge vector, so the id-only model cannot beat chance."""
+    rng = np.random.default_rng(11)
+    direction = rng.normal(size=DIM).astype(np.float32) / np.sqrt(DIM)
+
+    def rows(items, n):
+        vectors = rng.normal(size=(len(items), DIM)).astype(np.float32)
+        pick = rng.integers(0, len(items), n)
+        probability = 1 / (1 + np.exp(-3 * vectors[pick] @ direction))
+        features = {"user_id": rng.integers(0, 40, n), "item_id": items[pick].astype(np.int64),
+                    "scenario": rng.integers(0, SCENARIOS, n), "item_knowledge": vectors[pick]}
+        return features, (rng.random(n) < probability).astype(np.float32)
+
+    train = rows(np.arange(1, 401), 8000)
+    test_features, test_labels = rows(np.zeros(300, np.int64), 2000)  # unseen items: the OOV index 0
+    spec = InputSpec({"user_id": 40, "item_id": 401, "scenario": SCENARIOS}, item_knowledge_dim=DIM)
+    aucs = {}
+    for knowledge in ("none", "item"):
+        tf.keras.utils.set_random_seed(3)
+        ranking = compile_ranking_model({"backbone": "mmoe", "knowledge": knowledge, "embedding_dim": 8,
+                                         "expert_units": [16], "tower_units": [8], "learning_rate": 3e-3}, spec)
+        data = tf.data.Dataset.from_tensor_slices(train).shuffle(8000, seed=3).batch(256)
+        ranking.fit(data, epochs=5, verbose=0)
+        aucs[knowledge] = metrics.auc(test_labels, ranking.predict(test_features, batch_size=1024, verbose=0))
+    assert aucs["none"] < 0.6, aucs
+    assert aucs["item"] > aucs["none"] + 0.15, aucs

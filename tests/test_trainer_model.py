@@ -13,7 +13,7 @@ from llm4msr.trainer.model import KNOWLEDGE_MODES, build_model
 
 SCENARIOS, BATCH, DIM = 3, 12, 10
 SPEC = InputSpec(categorical={"user_id": 20, "item_id": 30, "scenario": SCENARIOS}, dense=["year"],
-                 user_knowledge_dim=DIM, scenario_knowledge_dim=DIM)
+                 user_knowledge_dim=DIM, scenario_knowledge_dim=DIM, item_knowledge_dim=DIM)
 TINY = dict(embedding_dim=4, hidden_units=[8, 6], tower_units=[4], expert_units=[6], num_experts=2,
             projection_dim=4, meta_rank=2, meta_layers=1, meta_generator_units=8, meta_tower_units=[4])
 MULTI_SCENARIO = ["shared_bottom", "mmoe", "ple", "star"]
@@ -24,7 +24,8 @@ def features(seed=0, batch=BATCH):
     return {"user_id": rng.integers(0, 20, batch), "item_id": rng.integers(0, 30, batch),
             "scenario": np.arange(batch) % SCENARIOS, "year": rng.normal(size=batch).astype(np.float32),
             "user_knowledge": rng.normal(size=(batch, DIM)).astype(np.float32),
-            "scenario_knowledge": rng.normal(size=(batch, DIM)).astype(np.float32)}
+            "scenario_knowledge": rng.normal(size=(batch, DIM)).astype(np.float32),
+            "item_knowledge": rng.normal(size=(batch, DIM)).astype(np.float32)}
 
 
 def model_for(backbone, knowledge="none", **overrides):
@@ -36,7 +37,7 @@ def predict(model, batch):
     return model({name: batch[name] for name in model.input_names}, training=False).numpy()
 
 
-@pytest.mark.parametrize("knowledge", KNOWLEDGE_MODES)
+@pytest.mark.parametrize("knowledge", [*KNOWLEDGE_MODES, ["user", "item"]])
 @pytest.mark.parametrize("backbone", sorted(backbones.BACKBONES))
 def test_every_backbone_and_knowledge_mode_predicts_probabilities(backbone, knowledge):
     model = model_for(backbone, knowledge)
@@ -47,10 +48,12 @@ def test_every_backbone_and_knowledge_mode_predicts_probabilities(backbone, know
     # [B, 1] scalars, as parsed tf.Examples give them, produce the same predictions
     column = {k: (v[:, None] if v.ndim == 1 else v) for k, v in batch.items()}
     np.testing.assert_allclose(predict(model, column), out, rtol=1e-5)
-    expected_inputs = {"user_id", "item_id", "scenario", "year"}
-    expected_inputs |= {"user_knowledge"} if knowledge in ("user", "both") else set()
-    expected_inputs |= {"scenario_knowledge"} if knowledge in ("scenario", "both") else set()
+    levels = KNOWLEDGE_MODES[knowledge] if isinstance(knowledge, str) else knowledge
+    expected_inputs = {"user_id", "item_id", "scenario", "year"} | {f"{level}_knowledge" for level in levels}
     assert set(model.input_names) == expected_inputs
+    layer_names = {layer.name for layer in model.layers}
+    assert ("item_content" in layer_names) == ("item" in levels)
+    assert ("semantic_match" in layer_names) == ("item" in levels and "user" in levels)
 
 
 def test_dcn_cross_option_adds_a_tfrs_cross_layer():
@@ -184,7 +187,7 @@ def test_keras_format_round_trip_gives_identical_predictions(backbone, tmp_path)
     np.testing.assert_array_equal(predict(loaded, batch), predict(model, batch))
 
 
-@pytest.mark.parametrize("backbone,knowledge,save_traces", [("dnn", "none", True), ("star", "both", False)])
+@pytest.mark.parametrize("backbone,knowledge,save_traces", [("dnn", "none", True), ("star", "all", False)])
 def test_saved_model_round_trip_gives_identical_predictions(backbone, knowledge, save_traces, tmp_path):
     # traced call functions make SavedModel saving slow (~30 s for star/both on 2 cores); without
     # them Keras rebuilds the layers from their registered configs
@@ -213,7 +216,7 @@ def test_layers_and_backbones_compose_into_a_users_own_functional_model(tmp_path
 
 @pytest.mark.parametrize("config,field", [
     ({"backbone": "foo"}, "ModelConfig.backbone: unknown backbone 'foo'"),
-    ({"knowledge": "all"}, "ModelConfig.knowledge"),
+    ({"knowledge": "every"}, "ModelConfig.knowledge"),
     ({"hidden_units": [8, 0]}, "ModelConfig.hidden_units[1]"),
     ({"tower_units": []}, "ModelConfig.tower_units"),
     ({"embedding_dim": 0}, "ModelConfig.embedding_dim"),
@@ -244,6 +247,15 @@ def test_knowledge_mode_without_knowledge_inputs_names_the_width():
     with pytest.raises(ConfigError, match=r"InputSpec\.user_knowledge_dim: knowledge='both'"):
         build_model({"knowledge": "both"}, spec)
     build_model({"knowledge": "scenario"}, spec)  # the scenario level alone is fine
+    with pytest.raises(ConfigError, match=r"InputSpec\.item_knowledge_dim: knowledge='all'.*extract the item level"):
+        build_model({"knowledge": "all"}, InputSpec(categorical={"scenario": 2}, user_knowledge_dim=4,
+                                                    scenario_knowledge_dim=4))
+
+
+@pytest.mark.parametrize("knowledge", ["everything", ["user", "items"], []])
+def test_unknown_knowledge_modes_and_levels_name_the_field(knowledge):
+    with pytest.raises(ConfigError, match=r"ModelConfig\.knowledge: unknown knowledge"):
+        build_model({"knowledge": knowledge}, SPEC)
 
 
 def test_knowledge_of_the_wrong_width_is_rejected_when_fed():

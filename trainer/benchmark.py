@@ -149,7 +149,7 @@ class Workspace:
 
         from llm4msr.trainer.fast import fit_encoded
 
-        with_knowledge = config.knowledge != "none"
+        with_knowledge = bool(config.knowledge_levels)
         if with_knowledge and self.knowledge is None:
             raise UserFacingError(f"knowledge={config.knowledge} needs --knowledge-dir")
         encoder, splits = self.encoders[with_knowledge], self.splits[with_knowledge]

@@ -7,8 +7,8 @@ Features are the pipeline's, by construction: the Transform `preprocessing_fn`
 in-memory Beam pipeline and its graph encodes every split, exactly as the TFX Transform and
 Trainer do. The analysed graph is cached on disk by data set and code fingerprint
 (`LLM4MSR_CACHE_DIR`, default `~/.cache/llm4msr`), so reruns start at once. Knowledge vectors are
-inputs, not learned: every user gets their extracted vector (unknown users the cold-start one),
-gathered per batch from an in-memory table instead of being stored per row.
+inputs, not learned: every user (item) gets their extracted vector (unknown ones the cold-start
+vector), gathered per batch from an in-memory table instead of being stored per row.
 """
 import hashlib
 import json
@@ -25,12 +25,13 @@ from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.data.canonical import Dataset, read_dataset
 from llm4msr.pipeline.knowledge.artifact import Knowledge, read_knowledge
 from llm4msr.trainer import metrics
-from llm4msr.trainer.features import SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec, input_spec_from_transform
+from llm4msr.trainer.features import (ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec,
+                                      input_spec_from_transform)
 from llm4msr.trainer.model import ModelConfig
 from llm4msr.trainer.training import TrainConfig, fit
 from llm4msr.transform import preprocessing
 
-USER_ROW, SCENARIO_ROW = "_user_row", "_scenario_row"  # indices into the knowledge tables
+USER_ROW, SCENARIO_ROW, ITEM_ROW = "_user_row", "_scenario_row", "_item_row"  # indices into the knowledge tables
 ENCODE_CHUNK = 65_536  # rows per call of the Transform graph when encoding a split
 
 
@@ -52,14 +53,18 @@ class Encoder:
         self.transform_output = fit_transform(dataset)
         self.transform_layer = self.transform_output.transform_features_layer()
         self.spec = input_spec_from_transform(self.transform_output, len(self.scenario_ids),
-                                              knowledge.dim if knowledge is not None else 0)
+                                              knowledge.dim if knowledge is not None else 0,
+                                              item_knowledge=knowledge is not None and knowledge.has_items)
         self.knowledge = knowledge
-        self.user_rows = {}
+        self.tables = {}  # knowledge input -> (row feature, row -> id, [rows, dim] vectors)
         if knowledge is not None:
             users = sorted(set(dataset.interactions["user_id"]))
-            self.user_rows = {user: row for row, user in enumerate(users)}
-            self.user_table = knowledge.user_matrix(users)
-            self.scenario_table = knowledge.scenario_matrix(self.scenario_ids)
+            self.tables[USER_KNOWLEDGE] = (USER_ROW, users, knowledge.user_matrix(users))
+            self.tables[SCENARIO_KNOWLEDGE] = (SCENARIO_ROW, self.scenario_ids,
+                                               knowledge.scenario_matrix(self.scenario_ids))
+            if knowledge.has_items:
+                items = sorted(set(dataset.interactions["item_id"]))
+                self.tables[ITEM_KNOWLEDGE] = (ITEM_ROW, items, knowledge.item_matrix(items))
 
     def input_spec(self) -> InputSpec:
         return self.spec
@@ -69,9 +74,10 @@ class Encoder:
         transformed = self.transform(rows)
         names = [*self.spec.categorical, *self.spec.dense]
         features = {name: transformed[name] for name in names}
-        if self.knowledge is not None:
-            features[USER_ROW] = rows["user_id"].map(self.user_rows).to_numpy(np.int64)
-            features[SCENARIO_ROW] = features["scenario"]
+        for row_feature, ids, _ in self.tables.values():
+            column = {USER_ROW: "user_id", SCENARIO_ROW: "scenario", ITEM_ROW: "item_id"}[row_feature]
+            index = {key: row for row, key in enumerate(ids)}
+            features[row_feature] = rows[column].map(index).to_numpy(np.int64)
         slices = {name: np.asarray(preprocessing.slice_names(name), dtype=object)[transformed[name]]
                   for name in preprocessing.SLICES}
         return Encoded(features, rows["label"].to_numpy(np.float32), rows["user_id"].to_numpy(),
@@ -97,11 +103,7 @@ class Encoder:
         rows = tf.data.Dataset.range(len(encoded.labels))
         if shuffle_seed is not None:
             rows = rows.shuffle(len(encoded.labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-        if self.knowledge is not None:
-            tables = {USER_KNOWLEDGE: (USER_ROW, tf.constant(self.user_table)),
-                      SCENARIO_KNOWLEDGE: (SCENARIO_ROW, tf.constant(self.scenario_table))}
-        else:
-            tables = {}
+        tables = {name: (row, tf.constant(vectors)) for name, (row, _, vectors) in self.tables.items()}
 
         def assemble(index):
             features = {name: tf.gather(column, index) for name, column in columns.items()}

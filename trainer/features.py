@@ -6,8 +6,8 @@ TFX trainer. Input names and dtypes:
 * each categorical feature: int64 index in `[0, size)` (the out-of-vocabulary slot is part of
   `size`); the scenario feature is categorical too, its size is the number of scenarios;
 * each dense feature: float32 scalar (already normalised);
-* `user_knowledge` / `scenario_knowledge`: float32 `[B, dim]` knowledge vectors (absent when the
-  dim is 0).
+* `user_knowledge` / `scenario_knowledge` / `item_knowledge`: float32 `[B, dim]` knowledge vectors
+  (absent when the dim is 0).
 
 Scalar features may arrive as `[B]` or `[B, 1]`; the layers accept both.
 """
@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from llm4msr.trainer.validation import ConfigError, fail, require_positive  # noqa: F401  (re-exported)
 
-USER_KNOWLEDGE, SCENARIO_KNOWLEDGE = "user_knowledge", "scenario_knowledge"
+USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE = "user_knowledge", "scenario_knowledge", "item_knowledge"
 
 
 @dataclass
@@ -28,6 +28,7 @@ class InputSpec:
     scenario_feature: str = "scenario"
     user_knowledge_dim: int = 0
     scenario_knowledge_dim: int = 0
+    item_knowledge_dim: int = 0
 
     def __post_init__(self):
         self.categorical = dict(self.categorical)
@@ -48,6 +49,12 @@ class InputSpec:
         return asdict(self)
 
     @property
+    def knowledge_dims(self) -> Dict[str, int]:
+        """Knowledge input name -> width (0: not an input)."""
+        return {USER_KNOWLEDGE: self.user_knowledge_dim, SCENARIO_KNOWLEDGE: self.scenario_knowledge_dim,
+                ITEM_KNOWLEDGE: self.item_knowledge_dim}
+
+    @property
     def num_scenarios(self) -> int:
         return self.categorical[self.scenario_feature]
 
@@ -59,18 +66,19 @@ class InputSpec:
         if self.scenario_feature not in self.categorical:
             fail("InputSpec", "scenario_feature",
                  f"{self.scenario_feature!r} is not a categorical feature ({sorted(self.categorical)})")
-        clash = set(self.dense) & (set(self.categorical) | {USER_KNOWLEDGE, SCENARIO_KNOWLEDGE})
+        clash = set(self.dense) & (set(self.categorical) | {USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE})
         if clash:
             fail("InputSpec", "dense", f"names used twice: {sorted(clash)}")
         require_positive("InputSpec", "user_knowledge_dim", self.user_knowledge_dim, allow_zero=True)
         require_positive("InputSpec", "scenario_knowledge_dim", self.scenario_knowledge_dim, allow_zero=True)
+        require_positive("InputSpec", "item_knowledge_dim", self.item_knowledge_dim, allow_zero=True)
 
     def keras_inputs(self) -> Dict[str, tf.keras.Input]:
         """One `tf.keras.Input` per feature. Scalars are declared `[B]`; Keras functional models
         squeeze a `[B, 1]` tensor to fit, so both layouts work."""
         inputs = {name: tf.keras.Input(shape=(), dtype=tf.int64, name=name) for name in self.categorical}
         inputs.update({name: tf.keras.Input(shape=(), dtype=tf.float32, name=name) for name in self.dense})
-        for name, dim in ((USER_KNOWLEDGE, self.user_knowledge_dim), (SCENARIO_KNOWLEDGE, self.scenario_knowledge_dim)):
+        for name, dim in self.knowledge_dims.items():
             if dim:
                 inputs[name] = tf.keras.Input(shape=(dim,), dtype=tf.float32, name=name)
         return inputs
@@ -81,18 +89,20 @@ def as_vector(tensor: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tensor, [-1])
 
 
-def input_spec_from_transform(tft_output, num_scenarios: int, knowledge_dim: Optional[int] = None) -> InputSpec:
+def input_spec_from_transform(tft_output, num_scenarios: int, knowledge_dim: Optional[int] = None,
+                              item_knowledge: bool = False) -> InputSpec:
     """The model inputs the Transform graph produces (`llm4msr.transform.preprocessing`): every int64
     output but the label, the scenario and the evaluation slices is a categorical feature sized by
     its vocabulary (+ the out-of-vocabulary slot), every float scalar a dense one. `knowledge_dim`
-    None reads the knowledge width from the graph's outputs (knowledge joined to the examples)."""
+    None reads the knowledge widths from the graph's outputs (knowledge joined to the examples);
+    otherwise every level has that width (the item level only with `item_knowledge`)."""
     from llm4msr.transform.preprocessing import LABEL, OOV_BUCKETS, SCENARIO, SLICE_PREFIX
 
     shapes = tft_output.transformed_feature_spec()
     categorical, dense = {}, []
     for name in sorted(shapes):
         feature = shapes[name]
-        if name in (LABEL, SCENARIO, USER_KNOWLEDGE, SCENARIO_KNOWLEDGE) or name.startswith(SLICE_PREFIX):
+        if name in (LABEL, SCENARIO, USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE) or name.startswith(SLICE_PREFIX):
             continue
         if feature.dtype == tf.int64:
             categorical[name] = tft_output.vocabulary_size_by_name(name) + OOV_BUCKETS
@@ -100,8 +110,8 @@ def input_spec_from_transform(tft_output, num_scenarios: int, knowledge_dim: Opt
             dense.append(name)
     categorical[SCENARIO] = num_scenarios
     if knowledge_dim is None:
-        user_dim = int(shapes[USER_KNOWLEDGE].shape[-1]) if USER_KNOWLEDGE in shapes else 0
-        scenario_dim = int(shapes[SCENARIO_KNOWLEDGE].shape[-1]) if SCENARIO_KNOWLEDGE in shapes else 0
+        dims = [int(shapes[name].shape[-1]) if name in shapes else 0
+                for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE)]
     else:
-        user_dim = scenario_dim = knowledge_dim
-    return InputSpec(categorical, dense, SCENARIO, user_dim, scenario_dim)
+        dims = [knowledge_dim, knowledge_dim, knowledge_dim if item_knowledge else 0]
+    return InputSpec(categorical, dense, SCENARIO, *dims)

@@ -240,6 +240,37 @@ def _meta_layers(count, rank, generator_units, activation):
 
 
 @serializable
+class SemanticMatch(tf.keras.layers.Layer):
+    """User–item semantic match: `[z_user, item_knowledge] -> [B, d + 1]`.
+
+    The item's frozen knowledge vector `[B, d_llm]` is projected (`KnowledgeProjector`) to the width
+    `d` of the projected user knowledge `z_user` `[B, d]`; the output is their elementwise product
+    and their dot product scaled by `1/sqrt(d)`, so every backbone sees how well the item's text
+    matches the user's.
+
+    Args:
+        inputs: `[z_user, item_knowledge]`.
+    Returns:
+        float32 `[B, d + 1]`.
+    """
+
+    def build(self, input_shape):
+        user_shape, item_shape = (tf.TensorShape(shape) for shape in input_shape)
+        self.width = int(user_shape[-1])
+        self.projector = KnowledgeProjector(self.width, name="item_projector")
+        with tf.name_scope(self.projector.name):
+            self.projector.build(item_shape)
+        super().build(input_shape)
+
+    @no_autograph
+    def call(self, inputs):
+        z_user, item_knowledge = inputs
+        product = z_user * self.projector(item_knowledge)
+        dot = tf.reduce_sum(product, axis=-1, keepdims=True) * (self.width ** -0.5)
+        return tf.concat([product, dot], axis=-1)
+
+
+@serializable
 class UserMetaStack(tf.keras.layers.Layer):
     """User-level meta layers at the bottom of a backbone: `[x, user_knowledge] -> x'` (same width),
     personalising the input representation before the backbone sees it."""

@@ -1,8 +1,14 @@
 """The model factory: `ModelConfig` + `InputSpec` -> a Keras functional model, and `RankingModel`,
 the trainable `tfrs.Model` around it.
 
-    embeddings ─> [UserMetaStack(user_knowledge)] ─> [DCN Cross] ─┬─> backbone ──────────┐
-                                                                  └─> [ScenarioMetaTower] ─┴─ + ─> calibration ─> sigmoid
+    embeddings ─> [+ item content] ─> [UserMetaStack(user_knowledge)] ─> [+ user–item match] ─> [DCN Cross]
+        ─┬─> backbone ──────────┐
+         └─> [ScenarioMetaTower] ─┴─ + ─> calibration ─> sigmoid
+
+Item knowledge enters twice: its projection (`item content`, `embedding_dim` wide) is concatenated
+to the id and attribute embeddings, so an item the ids know little about still has a content
+representation; with user knowledge too, `SemanticMatch` of the projected user and item vectors is
+concatenated after the user meta layers. Every backbone receives both.
 
 `build_model` returns a plain functional `tf.keras.Model` (dict of features -> click probability
 `[B, 1]`, output name `probability`): save it with `model.save(path)` (SavedModel) or
@@ -21,13 +27,16 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from llm4msr.trainer.backbones import BACKBONES, make_backbone
-from llm4msr.trainer.features import (SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec, fail,
+from llm4msr.trainer.features import (ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec, fail,
                                       require_positive)
-from llm4msr.trainer.layers import (Cross, FeatureEmbedding, ScenarioCalibration, ScenarioMetaTower, UserMetaStack,
-                                    no_autograph)
+from llm4msr.trainer.layers import (Cross, FeatureEmbedding, KnowledgeProjector, ScenarioCalibration,
+                                    ScenarioMetaTower, SemanticMatch, UserMetaStack, no_autograph)
 from llm4msr.trainer.optimizer import FusedAdam
 
-KNOWLEDGE_MODES = ("none", "user", "scenario", "both")
+KNOWLEDGE_LEVELS = ("user", "scenario", "item")
+# a mode names a set of levels; `knowledge` may also be a list of levels
+KNOWLEDGE_MODES = {"none": (), "user": ("user",), "scenario": ("scenario",), "item": ("item",),
+                   "both": ("user", "scenario"), "all": KNOWLEDGE_LEVELS}
 LABEL = "label"
 CALIBRATION_LAYER = "calibration"  # ScenarioCalibration, set after training from the eval split
 
@@ -42,7 +51,7 @@ class ModelConfig:
     scenario_experts: int = 1  # PLE experts per scenario per level
     expert_units: List[int] = field(default_factory=lambda: [64])
     ple_levels: int = 2
-    knowledge: str = "none"  # none | user | scenario | both
+    knowledge: Union[str, List[str]] = "none"  # none | user | scenario | item | both | all, or a list of levels
     projection_dim: int = 16  # d_k
     meta_rank: int = 2
     meta_layers: int = 1
@@ -69,19 +78,40 @@ class ModelConfig:
         return asdict(self)
 
     @property
+    def knowledge_levels(self) -> tuple:
+        """The knowledge levels the model uses, in `KNOWLEDGE_LEVELS` order."""
+        wanted = KNOWLEDGE_MODES[self.knowledge] if isinstance(self.knowledge, str) else tuple(self.knowledge)
+        return tuple(level for level in KNOWLEDGE_LEVELS if level in wanted)
+
+    @property
+    def knowledge_name(self) -> str:
+        """The mode as one word: its name, or the levels joined by '+'."""
+        return self.knowledge if isinstance(self.knowledge, str) else "+".join(self.knowledge_levels) or "none"
+
+    @property
     def uses_user_knowledge(self) -> bool:
-        return self.knowledge in ("user", "both")
+        return "user" in self.knowledge_levels
 
     @property
     def uses_scenario_knowledge(self) -> bool:
-        return self.knowledge in ("scenario", "both")
+        return "scenario" in self.knowledge_levels
+
+    @property
+    def uses_item_knowledge(self) -> bool:
+        return "item" in self.knowledge_levels
 
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
             fail("ModelConfig", "backbone", f"unknown backbone {self.backbone!r} (expected one of {sorted(BACKBONES)})")
-        if self.knowledge not in KNOWLEDGE_MODES:
+        if isinstance(self.knowledge, (list, tuple)):
+            unknown = [level for level in self.knowledge if level not in KNOWLEDGE_LEVELS]
+            if unknown or not self.knowledge:
+                fail("ModelConfig", "knowledge", f"unknown knowledge levels {unknown or self.knowledge!r} "
+                                                 f"(a list of levels from {list(KNOWLEDGE_LEVELS)})")
+            self.knowledge = list(self.knowledge)
+        elif self.knowledge not in KNOWLEDGE_MODES:
             fail("ModelConfig", "knowledge", f"unknown knowledge mode {self.knowledge!r} "
-                                             f"(expected one of {list(KNOWLEDGE_MODES)})")
+                                             f"(expected one of {list(KNOWLEDGE_MODES)} or a list of levels)")
         for name in ("embedding_dim", "num_experts", "scenario_experts", "ple_levels", "projection_dim",
                      "meta_rank", "meta_layers", "meta_generator_units"):
             require_positive("ModelConfig", name, getattr(self, name))
@@ -105,15 +135,19 @@ class ModelConfig:
         if self.uses_scenario_knowledge and not spec.scenario_knowledge_dim:
             fail("InputSpec", "scenario_knowledge_dim", f"knowledge={self.knowledge!r} needs scenario knowledge "
                                                         f"vectors (got width 0)")
+        if self.uses_item_knowledge and not spec.item_knowledge_dim:
+            fail("InputSpec", "item_knowledge_dim", f"knowledge={self.knowledge!r} needs item knowledge vectors "
+                                                    f"(got width 0: extract the item level)")
 
 
 def model_inputs(config: ModelConfig, spec: InputSpec) -> dict:
     """The Keras inputs the model uses: features plus the knowledge its mode needs."""
     inputs = spec.keras_inputs()
-    if not config.uses_user_knowledge:
-        inputs.pop(USER_KNOWLEDGE, None)
-    if not config.uses_scenario_knowledge:
-        inputs.pop(SCENARIO_KNOWLEDGE, None)
+    for name, used in ((USER_KNOWLEDGE, config.uses_user_knowledge),
+                       (SCENARIO_KNOWLEDGE, config.uses_scenario_knowledge),
+                       (ITEM_KNOWLEDGE, config.uses_item_knowledge)):
+        if not used:
+            inputs.pop(name, None)
     return inputs
 
 
@@ -126,11 +160,17 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
     x = FeatureEmbedding(spec.categorical, config.embedding_dim, spec.dense, name="features")(features)
     meta = dict(projection_dim=config.projection_dim, rank=config.meta_rank,
                 generator_units=config.meta_generator_units)
+    if config.uses_item_knowledge:
+        item_content = KnowledgeProjector(config.embedding_dim, name="item_content")(inputs[ITEM_KNOWLEDGE])
+        x = tf.keras.layers.Concatenate(name="with_item_content")([x, item_content])
     user_projection = None
     if config.uses_user_knowledge:
-        # the user vector is projected once; the hierarchical scenario tower reuses the projection
+        # the user vector is projected once; the hierarchical scenario tower and the match reuse it
         x, user_projection = UserMetaStack(config.meta_layers, name="user_meta", return_projection=True,
                                            **meta)([x, inputs[USER_KNOWLEDGE]])
+    if config.uses_item_knowledge and config.uses_user_knowledge:
+        match = SemanticMatch(name="semantic_match")([user_projection, inputs[ITEM_KNOWLEDGE]])
+        x = tf.keras.layers.Concatenate(name="with_semantic_match")([x, match])
     x0 = x
     for index in range(config.cross_layers):
         x = Cross(name=f"cross_{index}")(x0, x)
@@ -148,7 +188,7 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
         logit = tf.keras.layers.Add(name="logit")([logit, tower(tower_inputs)])
     logit = ScenarioCalibration(spec.num_scenarios, name=CALIBRATION_LAYER)([logit, scenario])
     probability = tf.keras.layers.Activation("sigmoid", name="probability")(logit)
-    return tf.keras.Model(inputs, probability, name=f"llm4msr_{config.backbone}_{config.knowledge}")
+    return tf.keras.Model(inputs, probability, name=f"llm4msr_{config.backbone}_{config.knowledge_name.replace('+', '_')}")
 
 
 class RankingModel(tfrs.Model):

@@ -2,12 +2,13 @@
 serving signatures.
 
 Signatures of the exported SavedModel:
-- `serving_default`: serialized `tf.Example` (raw features + both knowledge vectors) -> `probability`;
+- `serving_default`: serialized `tf.Example` (raw features + the knowledge vectors) -> `probability`;
   the Transform graph runs inside, so clients send raw ids.
 - `predict_raw`: named raw tensors (`item_id` strings `[B]`, one per candidate; `user_id`, `scenario`
   strings and `user_knowledge`, `scenario_knowledge` float32 `[., dim]` with B rows or 1 row for the
-  whole request) -> `probability`: what TF Serving clients call with the knowledge embeddings as
-  input features.
+  whole request; `item_knowledge` `[B, dim]`, one per candidate, when the examples carry item
+  knowledge) -> `probability`: what TF Serving clients call with the knowledge embeddings as input
+  features.
 - `transform_features`: serialized `tf.Example` -> transformed features (used by the Evaluator).
 
 The Trainer reads the joined raw examples and applies the Transform graph in `tf.data`, so the
@@ -24,7 +25,7 @@ import tensorflow_transform as tft
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from llm4msr.pipeline.components import FEATURES, KNOWLEDGE_DIR, LABEL, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.pipeline.components import FEATURES, KNOWLEDGE_DIR, KNOWLEDGE_FEATURES, LABEL
 from llm4msr.serving.assets import write_serving_assets
 from llm4msr.serving.contract import broadcast_to_candidates
 from llm4msr.trainer.features import input_spec_from_transform
@@ -124,7 +125,7 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
     """Saves `model` with the Transform graph and the three serving signatures."""
     model.tft_layer = tft_output.transform_features_layer()  # tracked, so its assets are saved
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != LABEL}
-    knowledge_dims = {name: raw_spec[name].shape[-1] for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE)}
+    knowledge_dims = {name: raw_spec[name].shape[-1] for name in KNOWLEDGE_FEATURES if name in raw_spec}
 
     def predict(raw_features):
         return {PREDICTION_KEY: model(model.tft_layer(raw_features))}

@@ -79,7 +79,7 @@ def fit(model_config, input_spec, train, evaluation, config: TrainConfig, callba
     epochs = len(history.history["val_auc"])  # EarlyStopping restores the best weights however training ended
     calibration = calibrate(ranking, evaluation) if config.calibrate else None
     return ranking, {
-        "backbone": model_config.backbone, "knowledge": model_config.knowledge, "seed": config.seed,
+        "backbone": model_config.backbone, "knowledge": model_config.knowledge_name, "seed": config.seed,
         "epochs": epochs, "best_epoch": stopper.best_epoch + 1,
         "best_eval_auc": float(stopper.best), "train_seconds": round(time.time() - started, 2),
         "parameters": int(ranking.model.count_params()), "calibration": calibration,

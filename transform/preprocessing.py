@@ -14,7 +14,7 @@ out-of-vocabulary slot or the train mean.
 | `item_category` | vocabulary index | the first of `items.csv` `categories` |
 | `item_<column>`, `user_<column>` | vocabulary index (text) or z-score (numeric, e.g. `year`) | other columns of `items.csv` / `users.csv` |
 | `scenario` | fixed index 0..S-1, the order of scenarios.json | |
-| `user_knowledge`, `scenario_knowledge` | float32 vectors, passed through | |
+| `user_knowledge`, `scenario_knowledge`, `item_knowledge` | float32 vectors, passed through (when the examples carry them) | |
 | `slice_user_history`, `slice_item_popularity` | bucket index of the id's train rows (`HISTORY_BUCKETS`, `POPULARITY_BUCKETS`); evaluation slices, not model inputs | train rows |
 | `label` | 0/1 | |
 
@@ -33,7 +33,7 @@ import tensorflow_transform as tft
 ID_FEATURES = ("user_id", "item_id")
 SCENARIO, LABEL = "scenario", "label"
 RAW_FEATURES = ("user_id", "item_id", "scenario")  # the string inputs every example and request carries
-KNOWLEDGE_FEATURES = ("user_knowledge", "scenario_knowledge")
+KNOWLEDGE_FEATURES = ("user_knowledge", "scenario_knowledge", "item_knowledge")
 OOV_BUCKETS = 1
 # Ids with fewer train rows share the out-of-vocabulary embedding, which so learns what a rare or new
 # id looks like. Chosen on eval (ml-latest-small, STAR knowledge=both, 3 seeds): mean eval AUC

@@ -4,9 +4,11 @@
 <dir>/knowledge.json          {"format": 1, "fingerprint": ..., "template_version": ..., "dim": ..., ...}
 <dir>/user/*.parquet          id, vector (list<float32>), prompt, prompt_hash, text
 <dir>/scenario/*.parquet      same columns, one row per scenario
+<dir>/item/*.parquet          same columns, one row per item of items.csv (optional: absent when
+                              the extraction was asked for user and scenario knowledge only)
 ```
-The user table also holds one row with id `COLD_START_ID`: the vector of the cold-start prompt,
-used for users the extraction has not seen (the serving default and the joiner's default).
+The user and item tables also hold one row with id `COLD_START_ID`: the vector of the cold-start
+prompt, used for users (items) the extraction has not seen (the serving default and the joiner's).
 Shards (`*.parquet`) may be written by Beam (`WriteToParquet`) or by `write_knowledge`.
 """
 import json
@@ -25,7 +27,8 @@ from llm4msr.files import replace_dir, staging_dir
 
 FORMAT_VERSION = 1
 METADATA = "knowledge.json"
-USER, SCENARIO = "user", "scenario"
+USER, SCENARIO, ITEM = "user", "scenario", "item"
+LEVELS = (USER, SCENARIO, ITEM)
 COLD_START_ID = "<cold-start>"
 SCHEMA = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32())), ("prompt", pa.string()),
                     ("prompt_hash", pa.string()), ("text", pa.string())])
@@ -45,6 +48,7 @@ class Knowledge:
     users: Dict[str, KnowledgeRecord]
     scenarios: Dict[str, KnowledgeRecord]
     metadata: dict = field(default_factory=dict)
+    items: Dict[str, KnowledgeRecord] = field(default_factory=dict)  # empty: no item level extracted
 
     @property
     def dim(self) -> int:
@@ -57,6 +61,25 @@ class Knowledge:
     def user_vector(self, user_id: str) -> np.ndarray:
         record = self.users.get(user_id)
         return record.vector if record is not None else self.default_user_vector
+
+    @property
+    def has_items(self) -> bool:
+        return bool(self.items)
+
+    @property
+    def default_item_vector(self) -> np.ndarray:
+        if not self.items:
+            raise UserFacingError("this knowledge folder has no item level: extract it with "
+                                  "`llm4msr knowledge extract --levels user,scenario,item`")
+        return self.items[COLD_START_ID].vector
+
+    def item_vector(self, item_id: str) -> np.ndarray:
+        record = self.items.get(item_id)
+        return record.vector if record is not None else self.default_item_vector
+
+    def item_matrix(self, item_ids: Iterable[str]) -> np.ndarray:
+        default = self.default_item_vector
+        return np.stack([self.items[i].vector if i in self.items else default for i in item_ids]).astype(np.float32)
 
     def scenario_vector(self, scenario_id: str) -> np.ndarray:
         if scenario_id not in self.scenarios:
@@ -80,24 +103,27 @@ def read_knowledge(folder) -> Knowledge:
     metadata = json.loads(meta_path.read_text())
     if metadata.get("format") != FORMAT_VERSION:
         raise UserFacingError(f"{meta_path}: knowledge format {metadata.get('format')!r}, expected {FORMAT_VERSION}")
-    users, scenarios = _read_level(folder, USER), _read_level(folder, SCENARIO)
-    if COLD_START_ID not in users:
-        raise UserFacingError(f"{folder}/{USER}: no cold-start row ({COLD_START_ID!r}) for unknown users")
+    users, scenarios, items = (_read_level(folder, level) for level in LEVELS)
+    for level, records in ((USER, users), (ITEM, items)):
+        if (level == USER or records) and COLD_START_ID not in records:
+            raise UserFacingError(f"{folder}/{level}: no cold-start row ({COLD_START_ID!r}) for unknown {level}s")
     if not scenarios:
         raise UserFacingError(f"{folder}/{SCENARIO}: no scenario knowledge")
-    widths = {r.vector.shape[0] for r in list(users.values()) + list(scenarios.values())}
+    widths = {r.vector.shape[0] for records in (users, scenarios, items) for r in records.values()}
     if len(widths) != 1:
         raise UserFacingError(f"{folder}: knowledge vectors have different widths {sorted(widths)}")
-    return Knowledge(users, scenarios, metadata)
+    return Knowledge(users, scenarios, metadata, items)
 
 
 def write_knowledge(folder, users: Mapping[str, KnowledgeRecord], scenarios: Mapping[str, KnowledgeRecord],
-                    metadata: Optional[dict] = None) -> pathlib.Path:
+                    metadata: Optional[dict] = None,
+                    items: Optional[Mapping[str, KnowledgeRecord]] = None) -> pathlib.Path:
     """Writes a complete knowledge folder atomically (temporary sibling, then rename)."""
     folder = pathlib.Path(folder)
     staging = staging_dir(folder)
     try:
-        for level, records in ((USER, users), (SCENARIO, scenarios)):
+        levels = ((USER, users), (SCENARIO, scenarios)) + (((ITEM, items),) if items else ())
+        for level, records in levels:
             (staging / level).mkdir()
             pq.write_table(records_to_table(records.values()), staging / level / "part-00000.parquet")
         write_metadata(staging, metadata or {})

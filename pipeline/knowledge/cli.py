@@ -9,7 +9,7 @@ def add_parser(subparsers) -> None:
     knowledge = subparsers.add_parser("knowledge", help="LLM knowledge extraction (prompts -> vectors)")
     commands = knowledge.add_subparsers(dest="knowledge_command", required=True)
 
-    extract = commands.add_parser("extract", help="embed every scenario and user prompt, using the cache")
+    extract = commands.add_parser("extract", help="embed every scenario, user and item prompt, using the cache")
     extract.add_argument("--data", required=True, help="canonical data set folder")
     extract.add_argument("--out", required=True, help="knowledge folder to write (replaced atomically)")
     _model_arguments(extract)
@@ -21,14 +21,19 @@ def add_parser(subparsers) -> None:
                          help="Beam pipeline options, e.g. \"--runner=DataflowRunner ...\" (default: "
                               "DirectRunner, inference in one worker process with oneDNN; "
                               "\"--direct_running_mode=in_memory\" keeps it in this process)")
+    extract.add_argument("--levels", default="user,scenario,item",
+                         help="knowledge levels to extract, comma-separated (user and scenario always; "
+                              "item: one prompt per item of items.csv)")
     extract.add_argument("--no-progress", action="store_true", help="no progress bar")
     extract.set_defaults(func=_extract)
 
-    show = commands.add_parser("show", help="print the prompt, generated text and vector norm of one user or scenario")
+    show = commands.add_parser("show", help="print the prompt, generated text and vector norm of one user, "
+                                            "item or scenario")
     show.add_argument("--data", required=True, help="canonical data set folder")
     target = show.add_mutually_exclusive_group(required=True)
     target.add_argument("--user", help="user id (unknown ids show the cold-start prompt)")
     target.add_argument("--scenario", help="scenario id")
+    target.add_argument("--item", help="item id (unknown ids show the cold-start prompt)")
     show.add_argument("--knowledge", help="knowledge folder written by `extract` (default: rebuild the prompt)")
     _model_arguments(show)
     show.add_argument("--cache-dir", help="without --knowledge: where to look for a cached vector")
@@ -40,7 +45,7 @@ def _model_arguments(parser) -> None:
     parser.add_argument("--backend", choices=["encoder", "causal-lm"],
                         help="default: from the model's config (causal LMs generate text first)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="causal-lm: generated tokens at most")
-    parser.add_argument("--templates", help="folder with user.tmpl and scenario.tmpl (default: bundled)")
+    parser.add_argument("--templates", help="folder with user.tmpl, scenario.tmpl and item.tmpl (default: bundled)")
 
 
 def _extract(args) -> int:
@@ -52,7 +57,8 @@ def _extract(args) -> int:
                                templates=args.templates, batch_size=args.batch_size,
                                beam_pipeline_args=shlex.split(args.beam_args), progress=not args.no_progress,
                                backend=args.backend, max_new_tokens=args.max_new_tokens,
-                               bucket_by_length=not args.no_bucketing)
+                               bucket_by_length=not args.no_bucketing,
+                               levels=[level.strip() for level in args.levels.split(",") if level.strip()])
     print(f"wrote {args.out}: {counts['prompts']} prompts, {counts['cache_hits']} cache hits, "
           f"{counts['inferences']} inferences, {counts['seconds']:.1f} s, "
           f"{counts['prompts_per_second']:.1f} prompts/s")
@@ -62,7 +68,7 @@ def _extract(args) -> int:
 def _show(args) -> int:
     from llm4msr.pipeline.knowledge.show import describe
 
-    print(describe(args.data, user=args.user, scenario=args.scenario, knowledge_dir=args.knowledge,
+    print(describe(args.data, user=args.user, scenario=args.scenario, item=args.item, knowledge_dir=args.knowledge,
                    model=args.model, backend=args.backend, max_new_tokens=args.max_new_tokens,
                    templates=args.templates, cache_dir=args.cache_dir))
     return 0

@@ -48,16 +48,18 @@ INFERENCE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # a value the user set w
 def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=None, templates=None,
                       batch_size: int = 64, beam_pipeline_args: Optional[Sequence[str]] = None,
                       progress: bool = True, backend: Optional[str] = None, max_length: Optional[int] = None,
-                      max_new_tokens: int = 64, bucket_by_length: bool = True) -> Dict[str, float]:
-    """Builds every scenario- and user-level prompt of the data set, embeds what the cache does not
-    hold and writes the knowledge artifact to `out_dir` atomically. Returns counts: prompts,
+                      max_new_tokens: int = 64, bucket_by_length: bool = True,
+                      levels: Sequence[str] = artifact.LEVELS) -> Dict[str, float]:
+    """Builds every prompt of the data set at `levels` (user and scenario, and item unless left
+    out), embeds what the cache does not hold and writes the knowledge artifact to `out_dir`
+    atomically. Returns counts: prompts,
     cache_hits, inferences (prompts run through the model, deduplicated), tokens (their tokens),
     inference_seconds, seconds and prompts_per_second."""
     started = time.time()
     spec = resolve_model(model, backend=backend, max_length=max_length, max_new_tokens=max_new_tokens)
     loaded = load_templates(templates)
     prompts = build_prompts(read_dataset(dataset_dir), loaded, token_counter(load_tokenizer(spec)),
-                            spec.prompt_budget)
+                            spec.prompt_budget, levels)
     cache = KnowledgeCache(cache_dir or default_cache_dir(), spec.fingerprint)
     cached = cache.index()
     out_dir = pathlib.Path(out_dir)
@@ -67,14 +69,15 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
         pending = len({_key(p) for p in prompts} - set(cached))
         options = PipelineOptions(pipeline_args(beam_pipeline_args, pending))
         pipeline = beam.Pipeline(options=options)
-        _ = pipeline | ExtractKnowledge(prompts, cached, spec, cache, str(staging), batch_size, bucket_by_length)
+        _ = pipeline | ExtractKnowledge(prompts, cached, spec, cache, str(staging), batch_size, bucket_by_length,
+                                        levels)
         in_memory = options.view_as(DirectOptions).direct_running_mode == "in_memory"
         worker_variables = {} if in_memory else INFERENCE_ENVIRONMENT  # never this process's own
         with _ProgressBar(cache, pending, enabled=progress), _worker_environment(worker_variables):
             result = pipeline.run()
             result.wait_until_finish()
         counts = _counts(result, prompts, cached, started)
-        artifact.write_metadata(staging, _metadata(spec, loaded, dataset_dir, staging, counts))
+        artifact.write_metadata(staging, _metadata(spec, loaded, dataset_dir, staging, counts, levels))
         replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -113,10 +116,11 @@ class ExtractKnowledge(beam.PTransform):
     """The whole job as one composite transform (root: it creates its own inputs)."""
 
     def __init__(self, prompts: List[Prompt], cached: Dict[str, str], spec: ModelSpec, cache: KnowledgeCache,
-                 out_dir: str, batch_size: int, bucket_by_length: bool):
+                 out_dir: str, batch_size: int, bucket_by_length: bool, levels: Sequence[str] = artifact.LEVELS):
         super().__init__()
         self.prompts, self.cached, self.spec, self.cache = prompts, cached, spec, cache
         self.out_dir, self.batch_size, self.bucket_by_length = out_dir, batch_size, bucket_by_length
+        self.levels = list(levels)
 
     def expand(self, pbegin):
         keyed = (pbegin | "Prompts" >> beam.Create(self.prompts)
@@ -133,7 +137,7 @@ class ExtractKnowledge(beam.PTransform):
                   | "ReadCache" >> beam.ParDo(ReadCachedChunk(self.cache)))
         rows = ({"prompt": keyed, "result": (computed, reused) | beam.Flatten()}
                 | "Join" >> beam.CoGroupByKey() | "Rows" >> beam.FlatMap(_rows))
-        for level in (artifact.USER, artifact.SCENARIO):
+        for level in self.levels:
             _ = (rows | f"Only{level}" >> beam.Filter(lambda row, lv: row[0] == lv, level)
                  | f"Drop{level}" >> beam.Map(lambda row: row[1])
                  | f"Write{level}" >> beam.io.WriteToParquet(
@@ -234,12 +238,13 @@ def _counts(result, prompts: List[Prompt], cached: Dict[str, str], started: floa
             "seconds": round(seconds, 3), "prompts_per_second": round(len(prompts) / max(seconds, 1e-9), 2)}
 
 
-def _metadata(spec: ModelSpec, templates, dataset_dir, staging: pathlib.Path, counts) -> dict:
+def _metadata(spec: ModelSpec, templates, dataset_dir, staging: pathlib.Path, counts, levels) -> dict:
     first_shard = sorted((staging / artifact.SCENARIO).glob("*.parquet"))[0]
     dim = len(pq.read_table(first_shard, columns=["vector"]).column("vector")[0].as_py())
     return {"fingerprint": spec.fingerprint, "template_version": combined_version(templates),
             "templates": {level: {"path": t.path, "version": t.version} for level, t in templates.items()},
             "dim": dim, "model": spec.describe(), "dataset": str(dataset_dir), "counts": counts,
+            "levels": list(levels),
             "cold_start_id": artifact.COLD_START_ID,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 

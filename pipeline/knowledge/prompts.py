@@ -1,14 +1,15 @@
-"""Scenario- and user-level prompts, built from the train split only (DATA_FORMAT.md, "Splits and
-leakage"), and trimmed to a token budget by dropping whole history items, oldest first."""
+"""Scenario-, user- and item-level prompts, built from the train split only (DATA_FORMAT.md, "Splits
+and leakage"); user prompts are trimmed to a token budget by dropping whole history items, oldest
+first."""
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import pandas as pd
 
 from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.data.canonical import Dataset
-from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, SCENARIO, USER
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, ITEM, LEVELS, SCENARIO, USER
 from llm4msr.pipeline.knowledge.templates import Template
 
 # texts -> token counts (special tokens included), measured with the model's own tokenizer
@@ -21,7 +22,7 @@ class EmptyDatasetError(UserFacingError):
 
 @dataclass(frozen=True)
 class Prompt:
-    level: str  # USER or SCENARIO
+    level: str  # USER, SCENARIO or ITEM
     id: str
     text: str
     template_version: str
@@ -44,12 +45,20 @@ def prompt_hash(text: str) -> str:
 
 
 def build_prompts(dataset: Dataset, templates: Dict[str, Template], count_tokens: TokenCounter,
-                  budget: int) -> List[Prompt]:
-    """Every scenario, every user seen anywhere in the set (users without train history get the
-    cold-start prompt) and the `COLD_START_ID` row."""
+                  budget: int, levels: Sequence[str] = LEVELS) -> List[Prompt]:
+    """The prompts of `levels`: every scenario; every user seen anywhere in the set (users without
+    train history get the cold-start prompt); every item of items.csv; and the `COLD_START_ID`
+    rows of users and items."""
+    unknown = sorted(set(levels) - set(LEVELS))
+    if unknown or SCENARIO not in levels or USER not in levels:
+        raise UserFacingError(f"knowledge levels {list(levels)}: expected user and scenario, optionally item "
+                              f"(known: {', '.join(LEVELS)})")
     train = train_split(dataset)
-    return (scenario_prompts(dataset, train, templates[SCENARIO], count_tokens)
-            + user_prompts(dataset, train, templates[USER], count_tokens, budget))
+    prompts = (scenario_prompts(dataset, train, templates[SCENARIO], count_tokens)
+               + user_prompts(dataset, train, templates[USER], count_tokens, budget))
+    if ITEM in levels:
+        prompts += item_prompts(dataset, train, templates[ITEM], count_tokens)
+    return prompts
 
 
 def train_split(dataset: Dataset) -> pd.DataFrame:
@@ -190,3 +199,54 @@ def fit_to_budget(render: Callable[[Sequence[HistoryItem]], str], history: Seque
             break
         text, tokens, keep = longer, n, keep + 1
     return text, tokens  # over budget only when even no history overflows: the encoder truncates
+
+
+# -- item level --------------------------------------------------------------------------------
+# train rows of an item -> words; the lower edges are the evaluation's popularity slices
+# (transform.preprocessing.POPULARITY_BUCKETS, not imported: this job must not load TensorFlow)
+POPULARITY_WORDS = ((0, "not yet interacted with"), (1, "interacted with by very few users"),
+                    (6, "interacted with by some users"), (51, "popular"))
+ITEM_PROMPT_COLUMNS = ("item_id", "title", "categories", "description")
+
+
+def item_prompts(dataset: Dataset, train: pd.DataFrame, template: Template,
+                 count_tokens: TokenCounter) -> List[Prompt]:
+    """One prompt per item of items.csv: title, categories, the other columns (e.g. year, tags),
+    description, and coarse train behaviour; the `COLD_START_ID` row for items not in items.csv."""
+    behaviour = train.groupby("item_id")["label"].agg(["size", "mean"])
+    items = dataset.items
+    extra = [c for c in items.columns if c not in ITEM_PROMPT_COLUMNS]
+    ids, texts = [COLD_START_ID], [template.render("cold_start")]
+    for values in items.to_dict("records"):
+        known = values["item_id"] in behaviour.index
+        size, liked = behaviour.loc[values["item_id"]] if known else (0, None)
+        ids.append(str(values["item_id"]))
+        texts.append(item_prompt(template, values, extra, int(size), None if liked is None else float(liked)))
+    return [Prompt(ITEM, item_id, text, template.version, n)
+            for item_id, text, n in zip(ids, texts, count_tokens(texts))]
+
+
+def item_prompt(template: Template, values: dict, extra_columns: Sequence[str], train_rows: int,
+                liked_share: Optional[float]) -> str:
+    def present(value) -> bool:
+        return pd.notna(value) and str(value).strip() != ""
+
+    def section(name: str, value: str) -> str:
+        return template.render(name, **{name: value}) if value else ""
+
+    categories = ", ".join(c.strip() for c in str(values["categories"]).split("|") if c.strip()) \
+        if present(values.get("categories")) else ""
+    attributes = ", ".join(f"{name}: {values[name]}" for name in extra_columns if present(values[name]))
+    description = str(values["description"]) if present(values.get("description")) else ""
+    popularity = next(word for low, word in reversed(POPULARITY_WORDS) if train_rows >= low)
+    liked = "" if liked_share is None else f", {liked_words(liked_share)} of those users"
+    return template.render("prompt", title=values["title"], categories=section("categories", categories),
+                           attributes=section("attributes", attributes),
+                           description=section("description", description),
+                           behaviour=template.render("behaviour", popularity=popularity, liked=liked))
+
+
+def liked_words(share: float) -> str:
+    """The share of positive train rows in words (coarse, so prompts rarely change with new data)."""
+    return next(words for low, words in ((0.75, "liked by most"), (0.5, "liked by many"),
+                                         (0.25, "liked by some"), (0.0, "liked by few")) if share >= low)

@@ -1,17 +1,18 @@
-"""The interpretability view: one user's or scenario's prompt, generated text and vector norm,
+"""The interpretability view: one user's, scenario's or item's prompt, generated text and vector norm,
 from a knowledge folder or rebuilt from the data set (with the vector when the cache holds it)."""
 from typing import Optional
 
 import numpy as np
 
 from llm4msr.errors import UserFacingError
-from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, SCENARIO, USER, KnowledgeRecord, read_knowledge
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, ITEM, SCENARIO, USER, KnowledgeRecord, read_knowledge
 
 
 def describe(dataset_dir, user: Optional[str] = None, scenario: Optional[str] = None, knowledge_dir=None,
              model: str = "minilm", backend: Optional[str] = None, max_new_tokens: int = 64, templates=None,
-             cache_dir=None) -> str:
-    level, wanted = (USER, user) if user is not None else (SCENARIO, scenario)
+             cache_dir=None, item: Optional[str] = None) -> str:
+    level, wanted = next((lv, value) for lv, value in ((USER, user), (ITEM, item), (SCENARIO, scenario))
+                         if value is not None)
     if knowledge_dir:
         record, source = _from_knowledge(knowledge_dir, level, wanted)
     else:
@@ -21,12 +22,14 @@ def describe(dataset_dir, user: Optional[str] = None, scenario: Optional[str] = 
 
 def _from_knowledge(knowledge_dir, level: str, wanted: str):
     knowledge = read_knowledge(knowledge_dir)
-    table = knowledge.users if level == USER else knowledge.scenarios
+    table = {USER: knowledge.users, ITEM: knowledge.items, SCENARIO: knowledge.scenarios}[level]
+    if level == ITEM and not table:
+        raise UserFacingError(f"{knowledge_dir} has no item level (extracted with --levels user,scenario)")
     if wanted in table:
         return table[wanted], f"knowledge folder {knowledge_dir}"
     if level == SCENARIO:
         raise UserFacingError(f"no scenario {wanted!r} in {knowledge_dir} (have: {', '.join(sorted(table))})")
-    return table[COLD_START_ID], f"knowledge folder {knowledge_dir}; unknown user: the cold-start row"
+    return table[COLD_START_ID], f"knowledge folder {knowledge_dir}; unknown {level}: the cold-start row"
 
 
 def _rebuilt(dataset_dir, level, wanted, model, backend, max_new_tokens, templates, cache_dir):
@@ -38,13 +41,14 @@ def _rebuilt(dataset_dir, level, wanted, model, backend, max_new_tokens, templat
 
     spec = resolve_model(model, backend=backend, max_new_tokens=max_new_tokens)
     prompts = build_prompts(read_dataset(dataset_dir), load_templates(templates),
-                            token_counter(load_tokenizer(spec)), spec.prompt_budget)
+                            token_counter(load_tokenizer(spec)), spec.prompt_budget,
+                            (USER, SCENARIO, ITEM) if level == ITEM else (USER, SCENARIO))
     found = {p.id: p for p in prompts if p.level == level}
     source = f"rebuilt from {dataset_dir}"
     if wanted not in found:
         if level == SCENARIO:
             raise UserFacingError(f"no scenario {wanted!r} in {dataset_dir} (have: {', '.join(sorted(found))})")
-        wanted, source = COLD_START_ID, source + "; unknown user: the cold-start prompt"
+        wanted, source = COLD_START_ID, source + f"; unknown {level}: the cold-start prompt"
     prompt = found[wanted]
     record = KnowledgeRecord(wanted, np.zeros(0, np.float32), prompt.text, prompt.prompt_hash)
     cache = KnowledgeCache(cache_dir or default_cache_dir(), spec.fingerprint)

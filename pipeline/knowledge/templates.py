@@ -13,10 +13,11 @@ from typing import Dict, Mapping, Union
 from llm4msr.errors import UserFacingError
 
 DEFAULT_DIR = pathlib.Path(__file__).parent / "templates"
-LEVELS = ("user", "scenario")
+LEVELS = ("user", "scenario", "item")
 REQUIRED_SECTIONS = {
     "user": ("prompt", "attributes", "scenario", "item", "item_without_categories", "no_items", "cold_start"),
     "scenario": ("prompt", "other"),
+    "item": ("prompt", "categories", "attributes", "description", "behaviour", "cold_start"),
 }
 _SECTION = re.compile(r"^=== *(\w+) *===\s*$")
 
@@ -41,12 +42,12 @@ class Template:
 
 
 def load_templates(templates: Union[None, str, pathlib.Path, Mapping[str, str]] = None) -> Dict[str, Template]:
-    """`templates`: None (the bundled ones), a folder holding user.tmpl and scenario.tmpl, or a
+    """`templates`: None (the bundled ones), a folder holding user.tmpl, scenario.tmpl and item.tmpl, or a
     mapping level -> file (missing levels fall back to the bundled template)."""
     if templates is None or isinstance(templates, (str, pathlib.Path)):
         folder = pathlib.Path(templates) if templates is not None else DEFAULT_DIR
         if not folder.is_dir():
-            raise TemplateError(f"{folder}: template folder not found (expected user.tmpl and scenario.tmpl)")
+            raise TemplateError(f"{folder}: template folder not found (expected user.tmpl, scenario.tmpl and item.tmpl)")
         paths = {level: folder / f"{level}.tmpl" for level in LEVELS}
     else:
         paths = {level: pathlib.Path(templates.get(level, DEFAULT_DIR / f"{level}.tmpl")) for level in LEVELS}
