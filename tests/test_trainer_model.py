@@ -222,6 +222,7 @@ def test_layers_and_backbones_compose_into_a_users_own_functional_model(tmp_path
     ({"embedding_dim": 0}, "ModelConfig.embedding_dim"),
     ({"meta_rank": 2.5}, "ModelConfig.meta_rank"),
     ({"dropout": 1.0}, "ModelConfig.dropout"),
+    ({"knowledge_dropout": -0.1}, "ModelConfig.knowledge_dropout"),
     ({"hiden_units": [8]}, "ModelConfig.hiden_units: unknown field"),
 ])
 def test_malformed_model_configs_name_the_field(config, field):

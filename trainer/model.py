@@ -59,6 +59,7 @@ class ModelConfig:
     meta_tower_units: List[int] = field(default_factory=lambda: [16])
     cross_layers: int = 0  # tfrs DCN cross layers after the user meta stack
     dropout: float = 0.0
+    knowledge_dropout: float = 0.0  # on the item content and match features (they overfit rare items fast)
     learning_rate: float = 1e-3
 
     def __post_init__(self):
@@ -122,8 +123,9 @@ class ModelConfig:
                 fail("ModelConfig", name, f"expected a non-empty list of layer sizes, got {units!r}")
             for index, size in enumerate(units):
                 require_positive("ModelConfig", f"{name}[{index}]", size)
-        if not 0.0 <= self.dropout < 1.0:
-            fail("ModelConfig", "dropout", f"expected 0 <= dropout < 1, got {self.dropout!r}")
+        for name in ("dropout", "knowledge_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                fail("ModelConfig", name, f"expected 0 <= {name} < 1, got {getattr(self, name)!r}")
         if not self.learning_rate > 0:
             fail("ModelConfig", "learning_rate", f"expected a positive number, got {self.learning_rate!r}")
 
@@ -162,6 +164,7 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
                 generator_units=config.meta_generator_units)
     if config.uses_item_knowledge:
         item_content = KnowledgeProjector(config.embedding_dim, name="item_content")(inputs[ITEM_KNOWLEDGE])
+        item_content = tf.keras.layers.Dropout(config.knowledge_dropout, name="item_content_dropout")(item_content)
         x = tf.keras.layers.Concatenate(name="with_item_content")([x, item_content])
     user_projection = None
     if config.uses_user_knowledge:
@@ -170,6 +173,7 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
                                            **meta)([x, inputs[USER_KNOWLEDGE]])
     if config.uses_item_knowledge and config.uses_user_knowledge:
         match = SemanticMatch(name="semantic_match")([user_projection, inputs[ITEM_KNOWLEDGE]])
+        match = tf.keras.layers.Dropout(config.knowledge_dropout, name="semantic_match_dropout")(match)
         x = tf.keras.layers.Concatenate(name="with_semantic_match")([x, match])
     x0 = x
     for index in range(config.cross_layers):
