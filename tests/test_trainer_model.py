@@ -37,7 +37,7 @@ def predict(model, batch):
     return model({name: batch[name] for name in model.input_names}, training=False).numpy()
 
 
-@pytest.mark.parametrize("knowledge", [*KNOWLEDGE_MODES, ["user", "item"]])
+@pytest.mark.parametrize("knowledge", [*KNOWLEDGE_MODES, ["user", "item"], "scenario+item"])
 @pytest.mark.parametrize("backbone", sorted(backbones.BACKBONES))
 def test_every_backbone_and_knowledge_mode_predicts_probabilities(backbone, knowledge):
     model = model_for(backbone, knowledge)
@@ -48,7 +48,8 @@ def test_every_backbone_and_knowledge_mode_predicts_probabilities(backbone, know
     # [B, 1] scalars, as parsed tf.Examples give them, produce the same predictions
     column = {k: (v[:, None] if v.ndim == 1 else v) for k, v in batch.items()}
     np.testing.assert_allclose(predict(model, column), out, rtol=1e-5)
-    levels = KNOWLEDGE_MODES[knowledge] if isinstance(knowledge, str) else knowledge
+    levels = knowledge.split("+") if "+" in knowledge else KNOWLEDGE_MODES[knowledge] if isinstance(knowledge, str) \
+        else knowledge
     expected_inputs = {"user_id", "item_id", "scenario", "year"} | {f"{level}_knowledge" for level in levels}
     assert set(model.input_names) == expected_inputs
     layer_names = {layer.name for layer in model.layers}

@@ -6,9 +6,8 @@ import json
 import math
 import pathlib
 
+from llm4msr.trainer.knowledge_modes import KNOWLEDGE_MODES  # TF-free: building the parser stays fast
 
-# Literal here so that building the CLI parser does not import TensorFlow; ModelConfig validates.
-KNOWLEDGE_MODES = ("none", "user", "scenario", "both")
 MODEL_FLAGS = ("backbone", "knowledge", "learning_rate")
 TRAINING_FLAGS = ("seed", "epochs", "patience", "batch_size")
 
@@ -18,7 +17,8 @@ def add_parser(subparsers) -> None:
     train.add_argument("--data", required=True, help="canonical data set folder (`llm4msr data prepare --out`)")
     train.add_argument("--backbone", help="dnn, shared_bottom, mmoe, ple, star, or any registered backbone "
                                           "(default dnn)")
-    train.add_argument("--knowledge", choices=KNOWLEDGE_MODES, help="default none")
+    train.add_argument("--knowledge", help=f"one of {', '.join(KNOWLEDGE_MODES)}, or levels joined by '+' "
+                                           f"(e.g. user+item); default none")
     train.add_argument("--knowledge-dir", help="knowledge folder (needed unless --knowledge none)")
     train.add_argument("--seed", type=int, help="default 0")
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping on eval AUC; default 10)")

@@ -31,12 +31,9 @@ from llm4msr.trainer.features import (ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_K
                                       require_positive)
 from llm4msr.trainer.layers import (Cross, FeatureEmbedding, KnowledgeProjector, ScenarioCalibration,
                                     ScenarioMetaTower, SemanticMatch, UserMetaStack, no_autograph)
+from llm4msr.trainer.knowledge_modes import KNOWLEDGE_LEVELS, KNOWLEDGE_MODES  # noqa: F401  (re-exported)
 from llm4msr.trainer.optimizer import FusedAdam
 
-KNOWLEDGE_LEVELS = ("user", "scenario", "item")
-# a mode names a set of levels; `knowledge` may also be a list of levels
-KNOWLEDGE_MODES = {"none": (), "user": ("user",), "scenario": ("scenario",), "item": ("item",),
-                   "both": ("user", "scenario"), "all": KNOWLEDGE_LEVELS}
 LABEL = "label"
 CALIBRATION_LAYER = "calibration"  # ScenarioCalibration, set after training from the eval split
 
@@ -51,7 +48,7 @@ class ModelConfig:
     scenario_experts: int = 1  # PLE experts per scenario per level
     expert_units: List[int] = field(default_factory=lambda: [64])
     ple_levels: int = 2
-    knowledge: Union[str, List[str]] = "none"  # none | user | scenario | item | both | all, or a list of levels
+    knowledge: Union[str, List[str]] = "none"  # none | user | scenario | item | both | all, or levels: ["user", "item"] or "user+item"
     projection_dim: int = 16  # d_k
     meta_rank: int = 2
     meta_layers: int = 1
@@ -104,6 +101,8 @@ class ModelConfig:
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
             fail("ModelConfig", "backbone", f"unknown backbone {self.backbone!r} (expected one of {sorted(BACKBONES)})")
+        if isinstance(self.knowledge, str) and "+" in self.knowledge:  # "user+item", as the CLI takes it
+            self.knowledge = [level.strip() for level in self.knowledge.split("+")]
         if isinstance(self.knowledge, (list, tuple)):
             unknown = [level for level in self.knowledge if level not in KNOWLEDGE_LEVELS]
             if unknown or not self.knowledge:
