@@ -12,7 +12,7 @@
 """
 import csv
 import os
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -171,9 +171,8 @@ def KnowledgeJoiner(
                      | f"KeyByUser[{split}]" >> beam.Map(_key_by, "user_id"))
             joined = ({"examples": keyed, "knowledge": users}
                       | f"Join[{split}]" >> beam.CoGroupByKey()
-                      | f"AddUserKnowledge[{split}]" >> beam.FlatMap(_add_vector, USER_KNOWLEDGE, default_user)
-                      | f"AddScenarioKnowledge[{split}]" >> beam.Map(_add_scenario_vector,
-                                                                     beam.pvalue.AsSingleton(scenarios)))
+                      | f"AddKnowledge[{split}]" >> beam.FlatMap(_add_vector, USER_KNOWLEDGE, default_user,
+                                                                  beam.pvalue.AsSingleton(scenarios)))
             if items is not None:
                 joined = ({"examples": joined | f"KeyByItem[{split}]" >> beam.Map(_key_by, "item_id"),
                            "knowledge": items}
@@ -188,23 +187,22 @@ def _key_by(serialized: bytes, feature: str) -> Tuple[str, bytes]:
     return example.features.feature[feature].bytes_list.value[0].decode(), serialized
 
 
-def _add_vector(joined, name: str, default: list) -> Iterable[bytes]:
-    """(key, {examples, knowledge}) -> the examples with the key's vector (or `default`) as `name`."""
+def _add_vector(joined, name: str, default: list, scenario_vectors: Optional[Dict[str, list]] = None) -> Iterable[bytes]:
+    """(key, {examples, knowledge}) -> the examples with the key's vector (or `default`) as `name`,
+    and with `scenario_vectors` their scenario's vector too (in the same pass: parsing and
+    serializing the examples is most of the joiner's cost)."""
     _, groups = joined
     vector = groups["knowledge"][0] if groups["knowledge"] else default
     for serialized in groups["examples"]:
         example = tf.train.Example.FromString(serialized)
-        example.features.feature[name].float_list.value.extend(vector)
+        feature = example.features.feature
+        feature[name].float_list.value.extend(vector)
+        if scenario_vectors is not None:
+            scenario = feature["scenario"].bytes_list.value[0].decode()
+            if scenario not in scenario_vectors:
+                raise UserFacingError(f"no knowledge for scenario {scenario!r}: re-run the KnowledgeExtractor")
+            feature[SCENARIO_KNOWLEDGE].float_list.value.extend(scenario_vectors[scenario])
         yield example.SerializeToString()
-
-
-def _add_scenario_vector(serialized: bytes, scenario_vectors: Dict[str, list]) -> bytes:
-    example = tf.train.Example.FromString(serialized)
-    scenario = example.features.feature["scenario"].bytes_list.value[0].decode()
-    if scenario not in scenario_vectors:
-        raise UserFacingError(f"no knowledge for scenario {scenario!r}: re-run the KnowledgeExtractor")
-    example.features.feature[SCENARIO_KNOWLEDGE].float_list.value.extend(scenario_vectors[scenario])
-    return example.SerializeToString()
 
 
 def raise_on_anomalies(anomalies) -> None:
