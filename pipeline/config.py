@@ -24,7 +24,9 @@ class PipelineConfig:
     # the defaults are TrainConfig's, the same as `llm4msr train` and `llm4msr benchmark`
     training: dict = field(default_factory=dict)
     auc_floor: float = 0.55  # blessing: AUC at least this in every scenario and overall
-    regression_tolerance: float = 0.005  # ... and no more than this below the last blessed model
+    # ... and no more than this below the last blessed model: above the retraining noise (the same
+    # config spread by up to 0.013 AUC overall, 0.019 in a scenario, over 4 runs on ml-latest-small)
+    regression_tolerance: float = 0.02
     calibration_band: List[float] = field(default_factory=lambda: [0.9, 1.1])  # ... mean prediction / mean label
     max_normalized_logloss: float = 1.0  # ... and logloss below this times the constant predictor's
     schema_path: Optional[str] = None  # a curated schema.pbtxt (ImportSchemaGen) instead of SchemaGen
