@@ -25,6 +25,8 @@ pushed version under a versioned key prefix (`export_vectors` yields the key/val
         def scenario_vector(self, scenario):
             return np.frombuffer(self.redis.get(key(self.version, "scenario", scenario)), np.float32)
 
+        # models with item knowledge: also `has_items` (True) and `item_vectors(ids)` -> [N, dim]
+
         def for_version(self, version):
             return RedisKnowledgeStore(self.redis, self._dim, version)
 

@@ -56,15 +56,18 @@ class Encoder:
                                               knowledge.dim if knowledge is not None else 0,
                                               item_knowledge=knowledge is not None and knowledge.has_items)
         self.knowledge = knowledge
-        self.tables = {}  # knowledge input -> (row feature, row -> id, [rows, dim] vectors)
+        # knowledge input -> (row feature, id column, {id: row}, [rows, dim] vectors)
+        self.tables = {}
         if knowledge is not None:
             users = sorted(set(dataset.interactions["user_id"]))
-            self.tables[USER_KNOWLEDGE] = (USER_ROW, users, knowledge.user_matrix(users))
-            self.tables[SCENARIO_KNOWLEDGE] = (SCENARIO_ROW, self.scenario_ids,
-                                               knowledge.scenario_matrix(self.scenario_ids))
+            levels = [(USER_KNOWLEDGE, USER_ROW, "user_id", users, knowledge.user_matrix(users)),
+                      (SCENARIO_KNOWLEDGE, SCENARIO_ROW, "scenario", self.scenario_ids,
+                       knowledge.scenario_matrix(self.scenario_ids))]
             if knowledge.has_items:
                 items = sorted(set(dataset.interactions["item_id"]))
-                self.tables[ITEM_KNOWLEDGE] = (ITEM_ROW, items, knowledge.item_matrix(items))
+                levels.append((ITEM_KNOWLEDGE, ITEM_ROW, "item_id", items, knowledge.item_matrix(items)))
+            for name, row_feature, column, ids, vectors in levels:
+                self.tables[name] = (row_feature, column, {key: row for row, key in enumerate(ids)}, vectors)
 
     def input_spec(self) -> InputSpec:
         return self.spec
@@ -74,9 +77,7 @@ class Encoder:
         transformed = self.transform(rows)
         names = [*self.spec.categorical, *self.spec.dense]
         features = {name: transformed[name] for name in names}
-        for row_feature, ids, _ in self.tables.values():
-            column = {USER_ROW: "user_id", SCENARIO_ROW: "scenario", ITEM_ROW: "item_id"}[row_feature]
-            index = {key: row for row, key in enumerate(ids)}
+        for row_feature, column, index, _ in self.tables.values():
             features[row_feature] = rows[column].map(index).to_numpy(np.int64)
         slices = {name: np.asarray(preprocessing.slice_names(name), dtype=object)[transformed[name]]
                   for name in preprocessing.SLICES}
@@ -103,7 +104,7 @@ class Encoder:
         rows = tf.data.Dataset.range(len(encoded.labels))
         if shuffle_seed is not None:
             rows = rows.shuffle(len(encoded.labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-        tables = {name: (row, tf.constant(vectors)) for name, (row, _, vectors) in self.tables.items()}
+        tables = {name: (row, tf.constant(vectors)) for name, (row, _, _, vectors) in self.tables.items()}
 
         def assemble(index):
             features = {name: tf.gather(column, index) for name, column in columns.items()}
