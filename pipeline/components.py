@@ -21,12 +21,12 @@ from tfx.types import artifact as tfx_artifact
 from tfx.types import standard_artifacts
 
 from llm4msr.errors import UserFacingError
+from llm4msr.pipeline.data.split import HISTORY, SPLITS
 
 FEATURES = ("user_id", "item_id", "scenario")  # raw string features every example carries
 LABEL = "label"
 USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE = "user_knowledge", "scenario_knowledge", "item_knowledge"
 KNOWLEDGE_FEATURES = (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE)
-SPLITS = ("train", "eval", "test")
 EXAMPLES_FILE_FORMAT = "tfrecords_gzip"
 KNOWLEDGE_DIR = "knowledge"  # inside joined examples: the knowledge they were joined with
 
@@ -80,6 +80,8 @@ class _LineToExample(beam.DoFn):
 
     def process(self, line: str):
         row = dict(zip(self._header, next(csv.reader([line]))))
+        if row["split"] == HISTORY:  # a new user's prompt history: never an example
+            return
         feature = {name: _bytes_feature(row[name]) for name in FEATURES}
         feature[LABEL] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row[LABEL])]))
         example = tf.train.Example(features=tf.train.Features(feature=feature))

@@ -15,7 +15,7 @@ out-of-vocabulary slot or the train mean.
 | `item_<column>`, `user_<column>` | vocabulary index (text) or z-score (numeric, e.g. `year`) | other columns of `items.csv` / `users.csv` |
 | `scenario` | fixed index 0..S-1, the order of scenarios.json | |
 | `user_knowledge`, `scenario_knowledge`, `item_knowledge` | float32 vectors, passed through (when the examples carry them) | |
-| `slice_user_history`, `slice_item_popularity` | bucket index of the id's train rows (`HISTORY_BUCKETS`, `POPULARITY_BUCKETS`); evaluation slices, not model inputs | train rows |
+| `slice_user_history`, `slice_item_popularity`, `slice_user_scenario_history` | bucket index of the train rows of the user, the item, the user in this scenario (`HISTORY_BUCKETS`, `POPULARITY_BUCKETS`); evaluation slices, not model inputs | train rows |
 | `label` | 0/1 | |
 
 Every statistic (vocabularies, means, counts) comes from the train split only: Transform analyses
@@ -43,7 +43,11 @@ SLICE_PREFIX = "slice_"
 # Lower edges of the evaluation slices, in train rows: history 0, 1-5, 6-20, 21+; popularity 0, 1-5, 6-50, 51+.
 HISTORY_BUCKETS = (0, 1, 6, 21)
 POPULARITY_BUCKETS = (0, 1, 6, 51)
-SLICES = {"slice_user_history": ("user_id", HISTORY_BUCKETS), "slice_item_popularity": ("item_id", POPULARITY_BUCKETS)}
+# slice -> (the raw features whose train rows are counted, bucket edges); the user's history in the
+# row's scenario has bucket "0" for a scenario the user never had in train (regime cold_scenario)
+SLICES = {"slice_user_history": (("user_id",), HISTORY_BUCKETS),
+          "slice_item_popularity": (("item_id",), POPULARITY_BUCKETS),
+          "slice_user_scenario_history": (("user_id", SCENARIO), HISTORY_BUCKETS)}
 # items.csv columns that are text for prompts, not features
 ITEM_TEXT_COLUMNS = ("title", "description")
 
@@ -63,8 +67,10 @@ def preprocessing_fn(inputs, custom_config):
         for name, attribute in _lookup_attributes(key, table).items():
             outputs[name] = _encode_attribute(name, attribute)
     outputs[SCENARIO] = scenario_index(_squeeze(inputs[SCENARIO]), custom_config["scenarios"])
-    for name, (key, edges) in SLICES.items():
-        outputs[name] = _train_count_bucket(user if key == "user_id" else item, edges, name)
+    raw = {"user_id": user, "item_id": item, SCENARIO: _squeeze(inputs[SCENARIO])}
+    for name, (keys, edges) in SLICES.items():
+        key = raw[keys[0]] if len(keys) == 1 else tf.strings.join([raw[k] for k in keys], separator="\x1f")
+        outputs[name] = _train_count_bucket(key, edges, name)
     for name in KNOWLEDGE_FEATURES:
         if name in inputs:
             outputs[name] = tf.cast(inputs[name], tf.float32)

@@ -15,7 +15,8 @@ import pandas as pd
 from llm4msr.errors import DataError
 from llm4msr.files import replace_dir, staging_dir
 from llm4msr.pipeline.data.scenarios import Scenario
-from llm4msr.pipeline.data.split import SPLITS, random_split, time_split
+from llm4msr.pipeline.data.split import (ALL_SPLITS, REGIME_SHARE, REGIMES, cold_scenario_rows, new_users,
+                                         random_split, time_split)
 from llm4msr.pipeline.data.tables import read_table
 
 INTERACTIONS, ITEMS, USERS, SCENARIOS, MANIFEST = (
@@ -58,9 +59,11 @@ def write_dataset(dataset: Dataset, out) -> pathlib.Path:
     return pathlib.Path(out)
 
 
-def read_dataset(folder, split: str = "time", seed: int = 0) -> Dataset:
+def read_dataset(folder, split: str = "time", seed: int = 0, regime: str = "time",
+                 share: float = REGIME_SHARE) -> Dataset:
     """Reads and validates a canonical set. When `interactions.csv` has no `split` column the
-    splitter assigns one (`split` = 'time' needs timestamps; 'random' is seeded 8:1:1)."""
+    splitter assigns one (`split` = 'time' needs timestamps; 'random' is seeded 8:1:1), under
+    `regime`; a set that has one keeps it (a regime then needs the column dropped)."""
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "data set folder not found")
@@ -68,14 +71,32 @@ def read_dataset(folder, split: str = "time", seed: int = 0) -> Dataset:
     items = _read_items(folder / ITEMS)
     interactions = _read_interactions(folder / INTERACTIONS, [s.id for s in scenarios], set(items["item_id"]))
     if "split" not in interactions.columns:
-        interactions["split"] = assign_split(interactions, split, seed, folder / INTERACTIONS)
+        interactions["split"] = assign_split(interactions, split, seed, folder / INTERACTIONS, regime, share)
+    elif regime != "time":
+        raise DataError(folder / INTERACTIONS, f"the set has its own 'split' column, so the {regime} regime "
+                                               f"cannot re-split it; drop the column to apply a regime")
     users = _read_users(folder / USERS) if (folder / USERS).exists() else None
     manifest_path = folder / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"source": "canonical"}
     return Dataset(interactions, items, scenarios, users, manifest, str(folder.resolve()))
 
 
-def assign_split(interactions: pd.DataFrame, split: str, seed: int, where) -> pd.Series:
+def assign_split(interactions: pd.DataFrame, split: str, seed: int, where, regime: str = "time",
+                 share: float = REGIME_SHARE) -> pd.Series:
+    """The split of every row: `split` ('time' or 'random') under `regime` (`llm4msr.pipeline.data.split`)."""
+    if regime not in REGIMES:
+        raise DataError(where, f"unknown regime {regime!r} (expected one of {', '.join(REGIMES)})")
+    if not 0.0 < share < 1.0:
+        raise DataError(where, f"regime share must be between 0 and 1 (exclusive), got {share}")
+    held = cold_scenario_rows(interactions, share, seed) if regime == "cold_scenario" else None
+    rest = interactions if held is None else interactions[held.isna()]
+    assigned = _method_split(rest, split, seed, where).reindex(interactions.index)
+    if held is not None:
+        assigned = assigned.fillna(held)
+    return new_users(interactions, assigned, share, seed) if regime == "new_users" else assigned
+
+
+def _method_split(interactions: pd.DataFrame, split: str, seed: int, where) -> pd.Series:
     if split == "random":
         return random_split(interactions, seed)
     if split != "time":
@@ -145,7 +166,7 @@ def _read_interactions(path: pathlib.Path, scenario_ids: List[str], item_ids: se
         frame["timestamp"] = table.numbers("timestamp", integer=True)
         table.check_unique(["user_id", "item_id", "timestamp"], "(user, item, timestamp)")
     if "split" in frame.columns:
-        frame["split"] = table.choice("split", list(SPLITS), "split")
+        frame["split"] = table.choice("split", list(ALL_SPLITS), "split")
     return frame
 
 

@@ -7,14 +7,15 @@ import pandas as pd
 from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.data import canonical, scenarios, sources
 from llm4msr.pipeline.data.movielens import NO_GENRE, MovieLensFiles
-from llm4msr.pipeline.data.split import SPLITS
+from llm4msr.pipeline.data.split import ALL_SPLITS, HISTORY, REGIME_SHARE
 
 POSITIVE_RATING = 4.0
 TAGS_PER_ITEM = 10
 
 
 def prepare(source: str, out, data_dir=None, scenario_kind: str = "genre", split: str = "time",
-            seed: int = 0, download: bool = True) -> canonical.Dataset:
+            seed: int = 0, download: bool = True, regime: str = "time",
+            share: float = REGIME_SHARE) -> canonical.Dataset:
     """Builds the canonical set for `source` and writes it atomically to `out`."""
     if source == "canonical":
         if data_dir is None:
@@ -22,26 +23,28 @@ def prepare(source: str, out, data_dir=None, scenario_kind: str = "genre", split
         if scenario_kind != "genre":
             raise UserFacingError("--scenarios applies to MovieLens sources; a canonical set brings "
                                   "its own scenarios.json")
-        dataset = canonical.read_dataset(data_dir, split=split, seed=seed)
+        dataset = canonical.read_dataset(data_dir, split=split, seed=seed, regime=regime, share=share)
         dataset.manifest = {**dataset.manifest, "source": "canonical", "input": str(data_dir)}
     else:
         spec = sources.get_source(source)
         folder = sources.locate(spec, data_dir, download=download)
-        dataset = from_movielens(spec.read(folder), scenario_kind, split, seed, where=folder)
+        dataset = from_movielens(spec.read(folder), scenario_kind, split, seed, where=folder,
+                                 regime=regime, share=share)
         dataset.manifest = {"source": source, "input": str(folder)}
     # deterministic: the pipeline fingerprints the folder, and a rerun must be a cache hit
-    dataset.manifest.update({"scenarios": scenario_kind, "split": split, "seed": seed,
+    dataset.manifest.update({"scenarios": scenario_kind, "split": split, "seed": seed, "regime": regime,
+                             **({"regime_share": share} if regime != "time" else {}),
                              "interactions": int(len(dataset.interactions))})
     canonical.write_dataset(dataset, out)
     return dataset
 
 
 def from_movielens(files: MovieLensFiles, scenario_kind: str, split: str, seed: int,
-                   where: pathlib.Path) -> canonical.Dataset:
+                   where: pathlib.Path, regime: str = "time", share: float = REGIME_SHARE) -> canonical.Dataset:
     interactions = files.ratings[["user_id", "item_id", "timestamp"]].copy()
     interactions["label"] = (files.ratings["rating"] >= POSITIVE_RATING).astype("int64")
     interactions["scenario"], scenario_list = _assign_scenarios(files, scenario_kind, where)
-    interactions["split"] = canonical.assign_split(interactions, split, seed, where)
+    interactions["split"] = canonical.assign_split(interactions, split, seed, where, regime, share)
     interactions = interactions[canonical.INTERACTION_COLUMNS].reset_index(drop=True)
     items = pd.DataFrame({
         "item_id": files.items["item_id"],
@@ -92,17 +95,17 @@ def _tag_descriptions(files: MovieLensFiles, interactions: pd.DataFrame) -> pd.S
 def summarize(dataset: canonical.Dataset) -> str:
     """The summary table printed by `llm4msr data prepare`."""
     frame = dataset.interactions
-    rows = []
+    rows, has_history = [], bool((frame["split"] == HISTORY).any())
     for scenario in dataset.scenario_ids + ["all"]:
         in_scenario = frame if scenario == "all" else frame[frame["scenario"] == scenario]
-        for split in list(SPLITS) + ["all"]:
+        for split in [s for s in ALL_SPLITS if s != HISTORY or has_history] + ["all"]:
             part = in_scenario if split == "all" else in_scenario[in_scenario["split"] == split]
             rows.append((scenario, split, part["user_id"].nunique(), part["item_id"].nunique(), len(part),
                          part["label"].mean() if len(part) else float("nan")))
-    header = f"{'scenario':<9}{'split':<7}{'users':>8}{'items':>8}{'interactions':>14}{'positive':>10}"
+    header = f"{'scenario':<9}{'split':<8}{'users':>8}{'items':>8}{'interactions':>14}{'positive':>10}"
     lines = [header, "-" * len(header)]
     for scenario, split, users, items, count, positive in rows:
-        lines.append(f"{scenario:<9}{split:<7}{users:>8,}{items:>8,}{count:>14,}{positive:>10.1%}")
+        lines.append(f"{scenario:<9}{split:<8}{users:>8,}{items:>8,}{count:>14,}{positive:>10.1%}")
     per_user = frame.groupby("user_id")["scenario"].nunique()
     names = ", ".join(f"{s.id} = {s.name}" for s in dataset.scenarios)
     lines.append(f"users active in 2+ scenarios: {(per_user >= 2).mean():.1%} "

@@ -1,15 +1,34 @@
-"""Train / eval / test splitting (../shared/docs/DATA_FORMAT.md, "Splits and leakage")."""
+"""Train / eval / test splitting (../shared/docs/DATA_FORMAT.md, "Splits and leakage"), and the
+evaluation regimes where knowledge should matter.
+
+Regimes (`llm4msr data prepare --regime`), applied on top of the split method:
+- `time` (default): the split alone.
+- `new_users`: a seeded share of users (default 20 %) are new to the model. What the split would
+  make their train rows becomes `history`: interactions that feed their user-level prompt and
+  nothing else (no training row, no vocabulary, no statistic). Their eval and test rows stay, so
+  their ids are unknown to the model and their knowledge is the only per-user signal.
+- `cold_scenario`: a seeded share of the users active in two or more scenarios (default 20 %) lose
+  one of their scenarios (seeded): all their rows there are held out (the earlier half by time to
+  eval, the rest to test) while their other scenarios are split as usual: the paper's
+  cross-scenario case, the user is known but never seen in that scenario.
+"""
 import numpy as np
 import pandas as pd
 
 SPLITS = ("train", "eval", "test")
+HISTORY = "history"  # a new user's earlier interactions: in their prompt, never a training row
+ALL_SPLITS = (*SPLITS, HISTORY)
 HOLDOUT_FRACTION = 0.1
+REGIMES = ("time", "new_users", "cold_scenario")
+REGIME_SHARE = 0.2
 
 
 def time_split(interactions: pd.DataFrame) -> pd.Series:
     """Per user, by time: the last 10 % of a user's interactions (at least one) go to test, the
     10 % before them to eval (at least one when the user keeps a training interaction), the rest
     to train. Ties in time are ordered by item id so the split is deterministic."""
+    if interactions.empty:
+        return pd.Series([], index=interactions.index, dtype=object)
     order = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="mergesort").index
     ordered = interactions.loc[order]
     position = ordered.groupby("user_id", sort=False).cumcount().to_numpy()
@@ -26,3 +45,35 @@ def random_split(interactions: pd.DataFrame, seed: int) -> pd.Series:
     draw = np.random.default_rng(seed).random(len(interactions))
     split = np.where(draw < 0.8, "train", np.where(draw < 0.9, "eval", "test"))
     return pd.Series(split, index=interactions.index)
+
+
+def new_users(interactions: pd.DataFrame, split: pd.Series, share: float, seed: int) -> pd.Series:
+    """`split` with the train rows of a seeded `share` of users turned into `history`."""
+    chosen = _seeded_choice(sorted(interactions["user_id"].unique()), share, seed)
+    return split.where(~(interactions["user_id"].isin(chosen) & (split == "train")), HISTORY)
+
+
+def cold_scenario_rows(interactions: pd.DataFrame, share: float, seed: int) -> pd.Series:
+    """For a seeded `share` of multi-scenario users, one seeded scenario's rows: `eval` (the
+    earlier half by time) or `test`; every other row `None` (split as usual)."""
+    per_user = interactions.groupby("user_id")["scenario"].unique()
+    candidates = sorted(per_user[per_user.map(len) >= 2].index)
+    rng = np.random.default_rng([seed, 1])
+    cold = {user: sorted(per_user[user])[rng.integers(len(per_user[user]))]
+            for user in _seeded_choice(candidates, share, seed)}
+    held = interactions["scenario"].eq(interactions["user_id"].map(cold))
+    rows = interactions[held]
+    keys = ["user_id", "timestamp", "item_id"] if "timestamp" in rows.columns else ["user_id", "item_id"]
+    ordered = rows.sort_values(keys, kind="mergesort")
+    position = ordered.groupby("user_id", sort=False).cumcount()
+    count = ordered.groupby("user_id", sort=False)["user_id"].transform("size")
+    held_split = pd.Series(np.where(position < count // 2, "eval", "test"), index=ordered.index)
+    return held_split.reindex(interactions.index)
+
+
+def _seeded_choice(values, share: float, seed: int) -> set:
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"regime share must be between 0 and 1 (exclusive), got {share}")
+    values = list(values)
+    count = int(round(len(values) * share))
+    return set(np.random.default_rng(seed).permutation(values)[:count].tolist()) if values else set()

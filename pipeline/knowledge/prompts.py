@@ -1,5 +1,5 @@
 """Scenario-, user- and item-level prompts, built from the train split only (DATA_FORMAT.md, "Splits
-and leakage"); user prompts are trimmed to a token budget by dropping whole history items, oldest
+and leakage"; a new user's `history` rows feed that user's prompt too); user prompts are trimmed to a token budget by dropping whole history items, oldest
 first."""
 import hashlib
 from dataclasses import dataclass
@@ -9,6 +9,7 @@ import pandas as pd
 
 from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.data.canonical import Dataset
+from llm4msr.pipeline.data.split import HISTORY
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, ITEM, LEVELS, SCENARIO, USER
 from llm4msr.pipeline.knowledge.templates import Template
 
@@ -54,8 +55,10 @@ def build_prompts(dataset: Dataset, templates: Dict[str, Template], count_tokens
         raise UserFacingError(f"knowledge levels {list(levels)}: expected user and scenario, optionally item "
                               f"(known: {', '.join(LEVELS)})")
     train = train_split(dataset)
+    # a new user's history rows (regime new_users) feed their own prompt and nothing else
+    known_behaviour = dataset.interactions[dataset.interactions["split"].isin(("train", HISTORY))]
     prompts = (scenario_prompts(dataset, train, templates[SCENARIO], count_tokens)
-               + user_prompts(dataset, train, templates[USER], count_tokens, budget))
+               + user_prompts(dataset, known_behaviour, templates[USER], count_tokens, budget))
     if ITEM in levels:
         prompts += item_prompts(dataset, train, templates[ITEM], count_tokens)
     return prompts

@@ -1,0 +1,113 @@
+"""The evaluation regimes of `llm4msr data prepare --regime`: seeded, deterministic, leakage free."""
+import pandas as pd
+import pytest
+
+from llm4msr.errors import DataError
+from llm4msr.pipeline.data import canonical
+from llm4msr.pipeline.data.prepare import prepare
+from llm4msr.pipeline.data.split import HISTORY
+from llm4msr.pipeline.knowledge import prompts as P
+from llm4msr.pipeline.knowledge.artifact import USER
+from llm4msr.pipeline.knowledge.templates import load_templates
+
+
+def words(texts):  # a tokenizer stand-in: one token per word
+    return [len(t.split()) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_movielens, tmp_path_factory):
+    def make(regime, seed=0, share=0.34):
+        out = tmp_path_factory.mktemp("regime") / f"{regime}-{seed}"
+        prepare("movielens-latest-small", out, data_dir=tiny_movielens, download=False, regime=regime,
+                seed=seed, share=share)
+        return canonical.read_dataset(out)
+    return make
+
+
+def test_regimes_are_deterministic_for_a_seed_and_change_with_it(prepared):
+    for regime in ("new_users", "cold_scenario"):
+        first, again, other = prepared(regime, 0), prepared(regime, 0), prepared(regime, 1)
+        assert first.interactions["split"].tolist() == again.interactions["split"].tolist()
+        assert first.interactions["split"].tolist() != other.interactions["split"].tolist()
+        assert first.manifest["regime"] == regime and first.manifest["regime_share"] == 0.34
+
+
+def test_new_users_have_history_and_held_out_rows_but_no_training_row(prepared):
+    dataset = prepared("new_users")
+    frame = dataset.interactions
+    new = set(frame.loc[frame["split"] == HISTORY, "user_id"])
+    users = frame["user_id"].nunique()
+    assert len(new) == round(users * 0.34)
+    assert not frame[frame["user_id"].isin(new) & (frame["split"] == "train")].size
+    assert frame[frame["user_id"].isin(new) & (frame["split"] == "test")].shape[0] >= len(new)
+    # the history is the user's past: every history row is older than the user's held-out rows
+    for user in new:
+        rows = frame[frame["user_id"] == user]
+        assert rows.loc[rows["split"] == HISTORY, "timestamp"].max() <= rows.loc[rows["split"] != HISTORY, "timestamp"].min()
+    # known users are split exactly as the time regime splits them
+    time = prepared("time").interactions
+    known = ~frame["user_id"].isin(new)
+    assert frame.loc[known, "split"].tolist() == time.loc[known, "split"].tolist()
+
+
+def test_a_new_users_prompt_holds_their_history_and_nothing_held_out(prepared):
+    dataset = prepared("new_users")
+    frame = dataset.interactions
+    prompts = {p.id: p.text for p in P.build_prompts(dataset, load_templates(), words, 100_000) if p.level == USER}
+    titles = dataset.items.set_index("item_id")["title"]
+    checked = 0
+    for user in sorted(set(frame.loc[frame["split"] == HISTORY, "user_id"])):
+        rows = frame[frame["user_id"] == user]
+        history_titles = {titles[i] for i in rows.loc[rows["split"] == HISTORY, "item_id"]}
+        newest = rows[rows["split"] == HISTORY].sort_values("timestamp")["item_id"].iloc[-1]
+        assert titles[newest] in prompts[user]
+        for item in set(rows.loc[rows["split"] != HISTORY, "item_id"]):
+            if not any(titles[item] in t for t in history_titles):
+                assert titles[item] not in prompts[user], (user, item)
+                checked += 1
+    assert checked > 5
+
+
+def test_history_rows_are_in_no_training_statistic(prepared):
+    dataset = prepared("new_users")
+    history = dataset.split(HISTORY)
+    scenario = history["scenario"].iloc[0]
+    prompt = next(p.text for p in P.build_prompts(dataset, load_templates(), words, 256) if p.id == scenario)
+    train = dataset.split("train")
+    assert f"{int((train['scenario'] == scenario).sum())} interactions" in prompt
+
+
+def test_cold_scenario_holds_out_a_whole_scenario_of_a_user_who_keeps_the_others(prepared):
+    frame = prepared("cold_scenario").interactions
+    time = prepared("time").interactions
+    train_pairs = set(zip(frame.loc[frame["split"] == "train", "user_id"], frame.loc[frame["split"] == "train", "scenario"]))
+    time_pairs = set(zip(time.loc[time["split"] == "train", "user_id"], time.loc[time["split"] == "train", "scenario"]))
+    cold = time_pairs - train_pairs
+    assert cold, "some user lost a scenario"
+    for user, scenario in cold:
+        rows = frame[(frame["user_id"] == user)]
+        in_scenario = rows[rows["scenario"] == scenario]
+        assert set(in_scenario["split"]) <= {"eval", "test"} and (in_scenario["split"] == "test").any()
+        assert (rows.loc[rows["scenario"] != scenario, "split"] == "train").any()  # known elsewhere
+    assert len({user for user, _ in cold}) == len(cold)  # one scenario per user
+
+
+def test_unknown_regime_and_bad_share_are_clear_errors(tiny_movielens, tmp_path):
+    with pytest.raises(DataError, match="unknown regime 'warm'"):
+        prepare("movielens-latest-small", tmp_path / "a", data_dir=tiny_movielens, download=False, regime="warm")
+    with pytest.raises(DataError, match="share must be between 0 and 1"):
+        prepare("movielens-latest-small", tmp_path / "b", data_dir=tiny_movielens, download=False,
+                regime="new_users", share=1.5)
+
+
+def test_history_split_round_trips_and_never_becomes_an_example(prepared, tmp_path):
+    dataset = prepared("new_users")
+    canonical.write_dataset(dataset, tmp_path / "copy")
+    assert canonical.read_dataset(tmp_path / "copy").interactions["split"].eq(HISTORY).sum() == len(dataset.split(HISTORY))
+    from llm4msr.pipeline.components import _LineToExample
+
+    header = list(pd.read_csv(tmp_path / "copy" / canonical.INTERACTIONS, nrows=0).columns)
+    line = ",".join({"user_id": "1", "item_id": "1", "scenario": "S0", "label": "1", "timestamp": "5",
+                     "split": HISTORY}[c] for c in header)
+    assert list(_LineToExample(header).process(line)) == []
