@@ -20,6 +20,9 @@ class PipelineConfig:
     llm_backend: str = "encoder"  # encoder | causal-lm
     knowledge_cache_dir: str = ""  # "" = ~/.cache/llm4msr/knowledge
     model: dict = field(default_factory=lambda: {"backbone": "star", "knowledge": "both"})
+    # Transform: each knowledge level reduced to this many whitened train principal components
+    # (0: the LLM's raw vectors); the pushed store then holds the reduced vectors
+    knowledge_reduction: int = 0
     # TrainConfig fields (llm4msr.trainer.training: epochs, patience, batch_size, seed, max_steps);
     # the defaults are TrainConfig's, the same as `llm4msr train` and `llm4msr benchmark`
     training: dict = field(default_factory=dict)
@@ -77,6 +80,10 @@ class PipelineConfig:
         if (not isinstance(band, (list, tuple)) or len(band) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band) or not 0 < band[0] < band[1]):
             raise UserFacingError(f"{where}: calibration_band: expected [low, high] with 0 < low < high, got {band!r}")
+        reduction = self.knowledge_reduction
+        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 0:
+            raise UserFacingError(f"{where}: knowledge_reduction: expected an integer >= 0 (0: no reduction), "
+                                  f"got {reduction!r}")
         for name in ("auc_floor", "regression_tolerance", "max_normalized_logloss"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

@@ -42,7 +42,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     transform = tfx.components.Transform(
         examples=knowledge_joiner.outputs["joined_examples"], schema=knowledge_joiner.outputs["joined_schema"],
         preprocessing_fn="llm4msr.transform.preprocessing.preprocessing_fn",
-        custom_config={"scenarios": scenario_ids, "dataset_dir": dataset_dir},
+        custom_config={"scenarios": scenario_ids, "dataset_dir": dataset_dir,
+                       "knowledge_reduction": config.knowledge_reduction},
         materialize=False)  # the Trainer applies the graph to the joined examples itself
     trainer = tfx.components.Trainer(
         run_fn="llm4msr.trainer.run_fn.run_fn",

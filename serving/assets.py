@@ -20,10 +20,12 @@ Sample = Tuple[str, str, Sequence[str]]  # user id, scenario, candidate item ids
 
 
 def write_serving_assets(version_dir, knowledge_folder, item_ids: Sequence[str],
-                         samples: Optional[Iterable[Sample]] = None, model_name: str = MODEL_NAME) -> None:
+                         samples: Optional[Iterable[Sample]] = None, model_name: str = MODEL_NAME,
+                         examples: Optional[Sequence[bytes]] = None) -> None:
     """Copies the knowledge folder into the version and writes warmup requests: by default, for
     the cold-start user in every scenario, `predict_raw` on `item_ids` and `serving_default` on
-    the first of them."""
+    the first of them. `examples` (serialized examples as the pipeline wrote them) warm
+    `serving_default` up instead: its examples carry the raw vectors, which a reduced store lacks."""
     version_dir = pathlib.Path(version_dir)
     target = version_dir / KNOWLEDGE_DIR
     if target.exists():
@@ -32,17 +34,25 @@ def write_serving_assets(version_dir, knowledge_folder, item_ids: Sequence[str],
     store = InMemoryKnowledgeStore.from_knowledge(read_knowledge(target))
     if samples is None:
         samples = [(COLD_START_ID, scenario, list(item_ids)) for scenario in sorted(store.scenarios)]
-    write_warmup(version_dir / WARMUP_FILE, store, list(samples), model_name)
+    write_warmup(version_dir / WARMUP_FILE, store, list(samples), model_name, examples)
 
 
-def write_warmup(path, store, samples: Sequence[Sample], model_name: str = MODEL_NAME) -> None:
+def write_warmup(path, store, samples: Sequence[Sample], model_name: str = MODEL_NAME,
+                 examples: Optional[Sequence[bytes]] = None) -> None:
     logs = []
     for user, scenario, items in samples:
         user_vector, scenario_vector = store.user_vector(user), store.scenario_vector(scenario)
         item_vectors = store.item_vectors(items) if store.has_items else None
         logs.append(raw_request(user, scenario, items, user_vector, scenario_vector, model_name, item_vectors))
-        logs.append(example_request(user, scenario, items[:1], user_vector, scenario_vector, model_name,
-                                    None if item_vectors is None else item_vectors[:1]))
+        if examples is None:
+            logs.append(example_request(user, scenario, items[:1], user_vector, scenario_vector, model_name,
+                                        None if item_vectors is None else item_vectors[:1]))
+    if examples is not None:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = DEFAULT_SIGNATURE
+        request.inputs["examples"].CopyFrom(tf.make_tensor_proto(list(examples), tf.string))
+        logs.append(request)
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for request in logs:

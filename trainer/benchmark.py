@@ -66,6 +66,7 @@ class GridSpec:
     patience: int = _TRAINING.patience
     model: Dict = field(default_factory=dict)  # ModelConfig fields shared by every run
     jobs: int = 1
+    knowledge_reduction: int = 0  # Transform: reduce the knowledge to this many train principal components (0: raw)
 
     def settings(self) -> dict:
         """What makes two runs comparable: everything but the grid's extent and the parallelism."""
@@ -73,6 +74,7 @@ class GridSpec:
                 "data_fingerprint": _folder_fingerprint(self.data_dir),
                 "knowledge_fingerprint": _knowledge_fingerprint(self.knowledge_dir),
                 "epochs": self.epochs, "batch_size": self.batch_size, "patience": self.patience,
+                "knowledge_reduction": self.knowledge_reduction,
                 "model": dict(sorted(self.model.items())), "resolved_model": self.resolved_model()}
 
     def resolved_model(self) -> dict:
@@ -125,7 +127,7 @@ def _knowledge_fingerprint(knowledge_dir) -> Optional[str]:
 class Workspace:
     """The data set, knowledge and encoded splits of one grid, loaded once and reused by every run."""
 
-    def __init__(self, data_dir, knowledge_dir=None, need_knowledge: bool = True):
+    def __init__(self, data_dir, knowledge_dir=None, need_knowledge: bool = True, knowledge_reduction: int = 0):
         from llm4msr.pipeline.data.canonical import read_dataset
         from llm4msr.pipeline.knowledge.artifact import read_knowledge
         from llm4msr.trainer.fast import Encoder
@@ -135,7 +137,7 @@ class Workspace:
         self.knowledge = read_knowledge(knowledge_dir) if (knowledge_dir and need_knowledge) else None
         self.encoders, self.splits = {}, {}
         for with_knowledge in ((False, True) if self.knowledge is not None else (False,)):
-            encoder = Encoder(self.dataset, self.knowledge if with_knowledge else None)
+            encoder = Encoder(self.dataset, self.knowledge if with_knowledge else None, knowledge_reduction)
             splits = {name: encoder.encode(self.dataset, name) for name in ("train", "eval", "test")}
             for name, encoded in splits.items():
                 if not len(encoded.labels):
@@ -237,7 +239,7 @@ def _csv_value(value):
 # ---------------------------------------------------------------------------------------------
 # The grid
 
-def _worker_init(data_dir, knowledge_dir, need_knowledge, threads, parent_pid):
+def _worker_init(data_dir, knowledge_dir, need_knowledge, knowledge_reduction, threads, parent_pid):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import llm4msr  # noqa: F401  (Keras 2 before TensorFlow loads)
     import tensorflow as tf
@@ -246,7 +248,7 @@ def _worker_init(data_dir, knowledge_dir, need_knowledge, threads, parent_pid):
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     global _WORKSPACE
-    _WORKSPACE = Workspace(data_dir, knowledge_dir, need_knowledge)
+    _WORKSPACE = Workspace(data_dir, knowledge_dir, need_knowledge, knowledge_reduction)
     _exit_with_parent(parent_pid)
 
 
@@ -350,7 +352,7 @@ def _execute(spec: GridSpec, todo, need_knowledge):
                for b, m, _ in todo}
     if spec.jobs == 1:
         global _WORKSPACE
-        _WORKSPACE = Workspace(spec.data_dir, spec.knowledge_dir, need_knowledge)
+        _WORKSPACE = Workspace(spec.data_dir, spec.knowledge_dir, need_knowledge, spec.knowledge_reduction)
         for backbone, mode, seed in todo:
             yield _worker_run(configs[(backbone, mode)], seed, spec.epochs, spec.batch_size, spec.patience)
         return
@@ -360,7 +362,8 @@ def _execute(spec: GridSpec, todo, need_knowledge):
     threads = max(1, (os.cpu_count() or 1) // spec.jobs)
     pool = ProcessPoolExecutor(spec.jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init,
-                               initargs=(spec.data_dir, spec.knowledge_dir, need_knowledge, threads, os.getpid()))
+                               initargs=(spec.data_dir, spec.knowledge_dir, need_knowledge, spec.knowledge_reduction,
+                                         threads, os.getpid()))
     try:
         pending = {pool.submit(_worker_run, configs[(b, m)], s, spec.epochs, spec.batch_size, spec.patience)
                    for b, m, s in todo}

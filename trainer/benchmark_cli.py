@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
                                         "(e.g. learning_rate, projection_dim, meta_rank)")
     bench.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="one ModelConfig field for every run (JSON value), repeatable; overrides --config")
+    bench.add_argument("--knowledge-reduction", type=int, default=0, metavar="K",
+                       help="reduce every knowledge level to K whitened principal components fitted on the "
+                            "train rows in Transform (0: the raw vectors)")
     bench.add_argument("--jobs", type=int, default=1,
                        help="worker processes (each gets cpu_count/jobs TensorFlow threads)")
     bench.add_argument("--overwrite", action="store_true",
@@ -81,7 +84,7 @@ def _benchmark(args) -> int:
         seeds = list(range(args.seeds))
     spec = benchmark.GridSpec(args.data, args.out, args.knowledge_dir, backbones=_names(args.backbones),
                               modes=_names(args.knowledge), seeds=seeds, model=_model_overrides(args),
-                              jobs=args.jobs, **{name: getattr(args, name) for name in ("epochs", "batch_size", "patience")
+                              jobs=args.jobs, knowledge_reduction=args.knowledge_reduction, **{name: getattr(args, name) for name in ("epochs", "batch_size", "patience")
                                                  if getattr(args, name) is not None})
     benchmark.run_grid(spec, overwrite=args.overwrite, log=lambda line: print(line, flush=True))
     return 0

@@ -25,6 +25,9 @@ def add_parser(subparsers) -> None:
     train.add_argument("--patience", type=int, help="epochs without eval AUC gain before stopping (default 2)")
     train.add_argument("--batch-size", type=int, help="default 1024")
     train.add_argument("--learning-rate", type=float, help="default 1e-3")
+    train.add_argument("--knowledge-reduction", type=int, default=0, metavar="K",
+                       help="reduce every knowledge level to K whitened principal components fitted on the "
+                            "train rows in Transform (0: the raw vectors, default)")
     train.add_argument("--config", help="JSON file with ModelConfig fields (and TrainConfig fields under "
                                         "\"training\"); flags given explicitly override it")
     train.add_argument("--out", help="write the result as JSON here")
@@ -49,7 +52,7 @@ def _train(args) -> int:
     except (ConfigError, OSError, json.JSONDecodeError) as error:
         raise UserFacingError(str(error)) from None
     load_knowledge(args.knowledge_dir, config.knowledge)  # fail before TensorFlow work starts
-    result = train(args.data, config, args.knowledge_dir, training)
+    result = train(args.data, config, args.knowledge_dir, training, knowledge_reduction=args.knowledge_reduction)
     print(format_report(result))
     if args.out:
         out = pathlib.Path(args.out)

@@ -48,26 +48,22 @@ class Encoded:
 class Encoder:
     """Turns canonical interactions into model inputs with the Transform graph fitted on train."""
 
-    def __init__(self, dataset: Dataset, knowledge: Optional[Knowledge] = None):
+    def __init__(self, dataset: Dataset, knowledge: Optional[Knowledge] = None, knowledge_reduction: int = 0):
         self.scenario_ids = dataset.scenario_ids
-        self.transform_output = fit_transform(dataset)
-        self.transform_layer = self.transform_output.transform_features_layer()
-        self.spec = input_spec_from_transform(self.transform_output, len(self.scenario_ids),
-                                              knowledge.dim if knowledge is not None else 0,
-                                              item_knowledge=knowledge is not None and knowledge.has_items)
         self.knowledge = knowledge
-        # knowledge input -> (row feature, id column, {id: row}, [rows, dim] vectors)
-        self.tables = {}
-        if knowledge is not None:
-            users = sorted(set(dataset.interactions["user_id"]))
-            levels = [(USER_KNOWLEDGE, USER_ROW, "user_id", users, knowledge.user_matrix(users)),
-                      (SCENARIO_KNOWLEDGE, SCENARIO_ROW, "scenario", self.scenario_ids,
-                       knowledge.scenario_matrix(self.scenario_ids))]
-            if knowledge.has_items:
-                items = sorted(set(dataset.interactions["item_id"]))
-                levels.append((ITEM_KNOWLEDGE, ITEM_ROW, "item_id", items, knowledge.item_matrix(items)))
-            for name, row_feature, column, ids, vectors in levels:
-                self.tables[name] = (row_feature, column, {key: row for row, key in enumerate(ids)}, vectors)
+        self.tables = knowledge_tables(dataset, knowledge)
+        # reduced knowledge is a Transform output, analysed on the train rows' vectors like the pipeline's
+        self.knowledge_reduction = knowledge_reduction if self.tables else 0
+        self.transform_output = fit_transform(dataset, self.tables, self.knowledge_reduction)
+        self.transform_layer = self.transform_output.transform_features_layer()
+        if self.knowledge_reduction:
+            self.tables = {name: (row, column, index, self._reduce(name, vectors))
+                           for name, (row, column, index, vectors) in self.tables.items()}
+            self.spec = input_spec_from_transform(self.transform_output, len(self.scenario_ids))
+        else:
+            self.spec = input_spec_from_transform(self.transform_output, len(self.scenario_ids),
+                                                  knowledge.dim if knowledge is not None else 0,
+                                                  item_knowledge=ITEM_KNOWLEDGE in self.tables)
 
     def input_spec(self) -> InputSpec:
         return self.spec
@@ -85,15 +81,30 @@ class Encoder:
                        rows["scenario"].to_numpy(), slices)
 
     def transform(self, rows) -> Dict[str, np.ndarray]:
-        """The Transform graph on raw interaction rows (ids as the examples carry them, `[B, 1]`)."""
+        """The Transform graph on raw interaction rows (ids as the examples carry them, `[B, 1]`);
+        the knowledge outputs are not per row here (see `_reduce`)."""
         outputs = {}
         for start in range(0, len(rows), ENCODE_CHUNK):
             chunk = rows.iloc[start:start + ENCODE_CHUNK]
             raw = {name: tf.constant(chunk[name].astype(str).to_numpy().reshape(-1, 1))
                    for name in preprocessing.RAW_FEATURES}
-            for name, value in self.transform_layer(raw).items():
-                outputs.setdefault(name, []).append(value.numpy())
+            for name, value in self.transform_layer(self._with_knowledge(raw, len(chunk))).items():
+                if name not in preprocessing.KNOWLEDGE_FEATURES:
+                    outputs.setdefault(name, []).append(value.numpy())
         return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+    def _reduce(self, name: str, vectors: np.ndarray) -> np.ndarray:
+        return preprocessing.transform_knowledge(self.transform_layer, name, vectors, self._raw_knowledge_dims(),
+                                                 self.scenario_ids[0])
+
+    def _raw_knowledge_dims(self) -> Dict[str, int]:
+        return {name: self.knowledge.dim for name in self.tables} if self.knowledge_reduction else {}
+
+    def _with_knowledge(self, raw: dict, rows: int) -> dict:
+        """Zero vectors for the knowledge inputs the graph was analysed with (split encoding reads
+        the other outputs; the knowledge comes from the tables)."""
+        raw.update({name: tf.zeros([rows, dim]) for name, dim in self._raw_knowledge_dims().items()})
+        return raw
 
     def tf_dataset(self, encoded: Encoded, batch_size: int, shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
         """Batches of `(features, label)`, assembled from in-memory columns by row index: tf.data
@@ -121,34 +132,61 @@ class Encoder:
 
 # -- the Transform, fitted on train -----------------------------------------------------------------
 
-def fit_transform(dataset: Dataset):
+def knowledge_tables(dataset: Dataset, knowledge: Optional[Knowledge]) -> Dict[str, tuple]:
+    """knowledge input -> (row feature, id column, {id: row}, `[rows, dim]` vectors) for every id
+    of the data set: the vectors batches gather by row index."""
+    if knowledge is None:
+        return {}
+    users = sorted(set(dataset.interactions["user_id"]))
+    levels = [(USER_KNOWLEDGE, USER_ROW, "user_id", users, knowledge.user_matrix(users)),
+              (SCENARIO_KNOWLEDGE, SCENARIO_ROW, "scenario", dataset.scenario_ids,
+               knowledge.scenario_matrix(dataset.scenario_ids))]
+    if knowledge.has_items:
+        items = sorted(set(dataset.interactions["item_id"]))
+        levels.append((ITEM_KNOWLEDGE, ITEM_ROW, "item_id", items, knowledge.item_matrix(items)))
+    return {name: (row_feature, column, {key: row for row, key in enumerate(ids)}, vectors)
+            for name, row_feature, column, ids, vectors in levels}
+
+
+def fit_transform(dataset: Dataset, knowledge_tables: Optional[Dict[str, tuple]] = None,
+                  knowledge_reduction: int = 0):
     """`preprocessing_fn` analysed on the train split (tf.Transform, in-memory Beam): a
-    `TFTransformOutput`, cached on disk by the data set's and the feature code's fingerprints."""
+    `TFTransformOutput`, cached on disk by the data set's and the feature code's fingerprints (and
+    the knowledge's, when its reduction is analysed: then the train rows carry their vectors)."""
     import tensorflow_transform as tft
 
     if dataset.folder is None:
         raise ValueError("fit_transform needs a data set read from a folder (read_dataset)")
-    target = _cache_dir() / "transform" / _transform_key(dataset)
+    tables = knowledge_tables if knowledge_reduction else None
+    target = _cache_dir() / "transform" / _transform_key(dataset, knowledge_reduction, tables)
     if not (target / "transform_fn").is_dir():
-        _analyze(dataset, target)
+        _analyze(dataset, target, tables, knowledge_reduction)
     return tft.TFTransformOutput(str(target))
 
 
-def _analyze(dataset: Dataset, target: pathlib.Path) -> None:
+def _analyze(dataset: Dataset, target: pathlib.Path, tables: Optional[Dict[str, tuple]], reduction: int) -> None:
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from llm4msr.files import replace_dir, staging_dir
 
-    batches, adapter_config = _record_batches(dataset.split("train"))
-    config = transform_config(dataset)
+    train = dataset.split("train")
+    vectors = {name: matrix[train[column].map(index).to_numpy()]
+               for name, (_, column, index, matrix) in (tables or {}).items()}
+    batches, adapter_config = _record_batches(train, vectors)
+    config = transform_config(dataset, reduction)
     staging = staging_dir(target)
     try:
+        # the rows reach Beam as an Arrow file, not as Create elements: Create pickles and
+        # bz2-compresses its elements, which took minutes once the rows carried knowledge vectors
+        rows_file = _write_arrow(batches, staging / "tmp" / "train.arrow")
         options = PipelineOptions(["--direct_running_mode=in_memory"])
         with beam.Pipeline(runner="DirectRunner", options=options) as pipeline:
             with tft_beam.Context(temp_dir=str(staging / "tmp")):
-                transform_fn = ((pipeline | beam.Create(batches), adapter_config)
+                rows = (pipeline | beam.Create(range(len(batches)))
+                        | beam.Map(lambda index, path=str(rows_file): _read_arrow_batch(path, index)))
+                transform_fn = ((rows, adapter_config)
                                 | tft_beam.AnalyzeDataset(lambda inputs: preprocessing.preprocessing_fn(inputs, config)))
                 _ = transform_fn | tft_beam.WriteTransformFn(str(staging))
         shutil.rmtree(staging / "tmp", ignore_errors=True)
@@ -158,8 +196,25 @@ def _analyze(dataset: Dataset, target: pathlib.Path) -> None:
         raise
 
 
-def _record_batches(rows, batch_rows: int = 50_000):
-    """Train rows as Arrow record batches of `[B, 1]` features (tf.Transform's fast input format)."""
+def _write_arrow(batches, path: pathlib.Path) -> pathlib.Path:
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.ipc.new_file(str(path), batches[0].schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    return path
+
+
+def _read_arrow_batch(path: str, index: int):
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.memory_map(path)).get_batch(index)
+
+
+def _record_batches(rows, vectors: Optional[Dict[str, np.ndarray]] = None, batch_rows: int = 50_000):
+    """Train rows as Arrow record batches of `[B, 1]` features and `[B, dim]` knowledge vectors
+    (tf.Transform's fast input format)."""
     import pyarrow as pa
     from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
@@ -167,27 +222,39 @@ def _record_batches(rows, batch_rows: int = 50_000):
     def column(values, kind):
         return pa.array([[value] for value in values], type=pa.large_list(kind))
 
+    def vector_column(matrix):
+        dim = matrix.shape[1]
+        offsets = pa.array(np.arange(0, matrix.size + 1, dim, dtype=np.int64))
+        return pa.LargeListArray.from_arrays(offsets, pa.array(matrix.astype(np.float32).ravel()))
+
     arrays = {name: column(rows[name].astype(str).str.encode("utf-8"), pa.large_binary())
               for name in preprocessing.RAW_FEATURES}
     arrays[preprocessing.LABEL] = column(rows[preprocessing.LABEL].astype(int), pa.int64())
+    spec = preprocessing.raw_feature_spec()
+    for name, matrix in (vectors or {}).items():
+        arrays[name] = vector_column(matrix)
+        spec[name] = tf.io.FixedLenFeature([matrix.shape[1]], tf.float32)
     table = pa.RecordBatch.from_arrays(list(arrays.values()), list(arrays))
-    schema = schema_utils.schema_from_feature_spec(preprocessing.raw_feature_spec())
+    schema = schema_utils.schema_from_feature_spec(spec)
     config = tensor_adapter.TensorAdapterConfig(
         table.schema, tensor_representation_util.InferTensorRepresentationsFromSchema(schema))
     return [table.slice(start, batch_rows) for start in range(0, len(rows), batch_rows)], config
 
 
-def transform_config(dataset: Dataset) -> dict:
+def transform_config(dataset: Dataset, knowledge_reduction: int = 0) -> dict:
     """The `custom_config` of `preprocessing_fn`, as the pipeline's Transform gets it."""
     return {"scenarios": dataset.scenario_ids, "dataset_dir": dataset.folder,
-            "id_min_train_rows": preprocessing.ID_MIN_TRAIN_ROWS}
+            "id_min_train_rows": preprocessing.ID_MIN_TRAIN_ROWS, "knowledge_reduction": knowledge_reduction}
 
 
-def _transform_key(dataset: Dataset) -> str:
+def _transform_key(dataset: Dataset, knowledge_reduction: int = 0, tables: Optional[Dict[str, tuple]] = None) -> str:
     from llm4msr.pipeline.components import dataset_fingerprint
 
-    config = {**transform_config(dataset), "dataset_dir": dataset_fingerprint(dataset.folder)}
+    config = {**transform_config(dataset, knowledge_reduction), "dataset_dir": dataset_fingerprint(dataset.folder)}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name, (_, _, _, vectors) in sorted((tables or {}).items()):  # the vectors the reduction is fitted on
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(vectors).tobytes())
     digest.update(pathlib.Path(preprocessing.__file__).read_bytes())
     digest.update(pathlib.Path(__file__).read_bytes())
     return digest.hexdigest()[:16]
@@ -210,12 +277,12 @@ def load_knowledge(knowledge_dir, mode: str) -> Optional[Knowledge]:
 
 
 def train(data_dir, config: ModelConfig, knowledge_dir=None, training: Optional[TrainConfig] = None,
-          verbose: int = 2) -> dict:
+          verbose: int = 2, knowledge_reduction: int = 0) -> dict:
     """Trains with the one training loop and reports eval and test metrics."""
     training = training or TrainConfig()
     knowledge = load_knowledge(knowledge_dir, config.knowledge)
     dataset = read_dataset(data_dir)
-    encoder = Encoder(dataset, knowledge)
+    encoder = Encoder(dataset, knowledge, knowledge_reduction)
     splits = {name: encoder.encode(dataset, name) for name in ("train", "eval", "test")}
     for name, encoded in splits.items():
         if not len(encoded.labels):
@@ -226,6 +293,7 @@ def train(data_dir, config: ModelConfig, knowledge_dir=None, training: Optional[
         "eval": encoder.report(ranking, splits["eval"], training.batch_size),
         "test": encoder.report(ranking, splits["test"], training.batch_size),
         "config": config.to_dict(), "training": training.to_dict(), "input_spec": encoder.input_spec().to_dict(),
+        "knowledge_reduction": encoder.knowledge_reduction,
     }
 
 

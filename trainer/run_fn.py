@@ -6,26 +6,32 @@ Signatures of the exported SavedModel:
   the Transform graph runs inside, so clients send raw ids.
 - `predict_raw`: named raw tensors (`item_id` strings `[B]`, one per candidate; `user_id`, `scenario`
   strings and `user_knowledge`, `scenario_knowledge` float32 `[., dim]` with B rows or 1 row for the
-  whole request; `item_knowledge` `[B, dim]`, one per candidate, when the examples carry item
+  whole request, `dim` the store's width (the reduced one when the Transform reduces); `item_knowledge` `[B, dim]`, one per candidate, when the examples carry item
   knowledge) -> `probability`: what TF Serving clients call with the knowledge embeddings as input
   features.
 - `transform_features`: serialized `tf.Example` -> transformed features (used by the Evaluator).
 
 The Trainer reads the joined raw examples and applies the Transform graph in `tf.data`, so the
 export can also carry what serving needs, versioned with the model in `assets.extra/`:
-`knowledge/` (the knowledge the examples were joined with: the serving knowledge store) and
+`knowledge/` (the knowledge the examples were joined with, through the Transform's reduction when it
+reduces: the serving knowledge store) and
 `tf_serving_warmup_requests` (real eval examples, one request per signature).
 """
+import dataclasses
 import json
 import os
+import tempfile
 from typing import Tuple
+
+import numpy as np
 
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from llm4msr.pipeline.components import FEATURES, KNOWLEDGE_DIR, KNOWLEDGE_FEATURES, LABEL
+from llm4msr.pipeline.components import (FEATURES, ITEM_KNOWLEDGE, KNOWLEDGE_DIR, KNOWLEDGE_FEATURES, LABEL,
+                                         SCENARIO_KNOWLEDGE, USER_KNOWLEDGE)
 from llm4msr.serving.assets import write_serving_assets
 from llm4msr.serving.contract import broadcast_to_candidates
 from llm4msr.trainer.features import input_spec_from_transform
@@ -62,8 +68,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     ranking, summary = fit(model_config, spec, train, evaluation, training, callbacks, verbose=2)
     export(ranking.model, tft_output, fn_args.serving_model_dir)
     knowledge = os.path.join(_examples_root(fn_args.train_files), KNOWLEDGE_DIR)
-    samples = _warmup_samples(_serialized_examples(fn_args.eval_files, WARMUP_EXAMPLES))
-    write_serving_assets(fn_args.serving_model_dir, knowledge, item_ids=[], samples=samples)
+    examples = _serialized_examples(fn_args.eval_files, WARMUP_EXAMPLES)
+    with tempfile.TemporaryDirectory() as scratch:
+        store = reduced_store(knowledge, tft_output, config["scenarios"][0], os.path.join(scratch, "knowledge"))
+        write_serving_assets(fn_args.serving_model_dir, store, item_ids=[], samples=_warmup_samples(examples),
+                             examples=examples)
     if fn_args.model_run_dir:
         summary.update(model=model_config.to_dict(), training=training.to_dict(), input_spec=spec.to_dict())
         with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "train_summary.json"), "w") as handle:
@@ -121,11 +130,24 @@ def _warmup_samples(serialized_examples):
     return [(user, scenario, items) for (user, scenario), items in samples.items()]
 
 
+def knowledge_widths(tft_output: tft.TFTransformOutput) -> Tuple[dict, dict]:
+    """(raw, transformed) width of every knowledge input the examples carry: they differ when the
+    Transform reduces the knowledge (`knowledge_reduction`)."""
+    raw = tft_output.raw_feature_spec()
+    transformed = tft_output.transformed_feature_spec()
+    names = [name for name in KNOWLEDGE_FEATURES if name in raw]
+    return ({name: raw[name].shape[-1] for name in names}, {name: transformed[name].shape[-1] for name in names})
+
+
 def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) -> None:
-    """Saves `model` with the Transform graph and the three serving signatures."""
+    """Saves `model` with the Transform graph and the three serving signatures. `predict_raw` takes
+    the knowledge as the pushed store holds it: already reduced when the Transform reduces it (the
+    store is reduced with the same graph at push time, `reduced_store`), so a request never
+    carries the LLM-wide vectors."""
     model.tft_layer = tft_output.transform_features_layer()  # tracked, so its assets are saved
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != LABEL}
-    knowledge_dims = {name: raw_spec[name].shape[-1] for name in KNOWLEDGE_FEATURES if name in raw_spec}
+    raw_dims, served_dims = knowledge_widths(tft_output)
+    reduced = raw_dims != served_dims
 
     def predict(raw_features):
         return {PREDICTION_KEY: model(model.tft_layer(raw_features))}
@@ -136,13 +158,21 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
 
     raw_signature = {name: tf.TensorSpec([None], tf.string, name=name) for name in FEATURES}
     raw_signature.update({name: tf.TensorSpec([None, dim], tf.float32, name=name)
-                          for name, dim in knowledge_dims.items()})
+                          for name, dim in served_dims.items()})
 
     @tf.function(input_signature=[raw_signature], autograph=False)
     def serve_raw(features):
+        features = broadcast_to_candidates(features)
         # the Transform graph was traced on parsed examples, whose scalar features are [B, 1]
-        return predict({name: tf.expand_dims(value, -1) if name in FEATURES else value
-                        for name, value in broadcast_to_candidates(features).items()})
+        raw = {name: tf.expand_dims(features[name], -1) for name in FEATURES}
+        if not reduced:
+            raw.update({name: features[name] for name in served_dims})
+            return predict(raw)
+        rows = tf.shape(raw[FEATURES[0]])[0]
+        raw.update({name: tf.zeros([rows, dim]) for name, dim in raw_dims.items()})  # outputs replaced below
+        transformed = model.tft_layer(raw)
+        transformed.update({name: features[name] for name in served_dims})
+        return {PREDICTION_KEY: model(transformed)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(examples):
@@ -154,3 +184,28 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
         RAW_SIGNATURE: serve_raw,
         "transform_features": transform_features,
     })
+
+
+def reduced_store(knowledge_folder: str, tft_output: tft.TFTransformOutput, scenario_id: str, out: str) -> str:
+    """The knowledge folder with every vector through the Transform's reduction, written to `out`
+    (the served store); `knowledge_folder` itself when the Transform does not reduce."""
+    from llm4msr.pipeline.knowledge.artifact import read_knowledge, write_knowledge
+    from llm4msr.transform.preprocessing import transform_knowledge
+
+    raw_dims, served_dims = knowledge_widths(tft_output)
+    if raw_dims == served_dims:
+        return knowledge_folder
+    knowledge = read_knowledge(knowledge_folder)
+    layer = tft_output.transform_features_layer()
+    levels = {USER_KNOWLEDGE: knowledge.users, SCENARIO_KNOWLEDGE: knowledge.scenarios, ITEM_KNOWLEDGE: knowledge.items}
+    reduced = {}
+    for name, records in levels.items():
+        if name not in raw_dims:
+            reduced[name] = {}  # a level the examples do not carry is not served
+            continue
+        vectors = transform_knowledge(layer, name, np.stack([r.vector for r in records.values()]), raw_dims, scenario_id)
+        reduced[name] = {key: dataclasses.replace(record, vector=vector)
+                         for (key, record), vector in zip(records.items(), vectors)}
+    metadata = {**knowledge.metadata, "dim": int(next(iter(served_dims.values()))), "reduced_from": knowledge.dim}
+    write_knowledge(out, reduced[USER_KNOWLEDGE], reduced[SCENARIO_KNOWLEDGE], metadata, reduced[ITEM_KNOWLEDGE] or None)
+    return out

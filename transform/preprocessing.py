@@ -14,8 +14,8 @@ out-of-vocabulary slot or the train mean.
 | `item_category` | vocabulary index | the first of `items.csv` `categories` |
 | `item_<column>`, `user_<column>` | vocabulary index (text) or z-score (numeric, e.g. `year`) | other columns of `items.csv` / `users.csv` |
 | `scenario` | fixed index 0..S-1, the order of scenarios.json | |
-| `user_knowledge`, `scenario_knowledge`, `item_knowledge` | float32 vectors, passed through (when the examples carry them) | |
-| `slice_user_history`, `slice_item_popularity`, `slice_user_scenario_history` | bucket index of the train rows of the user, the item, the user in this scenario (`HISTORY_BUCKETS`, `POPULARITY_BUCKETS`); evaluation slices, not model inputs | train rows |
+| `user_knowledge`, `scenario_knowledge`, `item_knowledge` | float32 vectors (when the examples carry them): passed through, or with `knowledge_reduction` = k reduced to k whitened principal components (`reduce_knowledge`) | train rows |
+| `slice_user_history`, `slice_item_popularity`, `slice_item_long_tail`, `slice_user_scenario_history` | bucket index of the train rows of the user, the item, the user in this scenario (`HISTORY_BUCKETS`, `POPULARITY_BUCKETS`, `LONG_TAIL_BUCKETS`); evaluation slices, not model inputs | train rows |
 | `label` | 0/1 | |
 
 Every statistic (vocabularies, means, counts) comes from the train split only: Transform analyses
@@ -43,10 +43,12 @@ SLICE_PREFIX = "slice_"
 # Lower edges of the evaluation slices, in train rows: history 0, 1-5, 6-20, 21+; popularity 0, 1-5, 6-50, 51+.
 HISTORY_BUCKETS = (0, 1, 6, 21)
 POPULARITY_BUCKETS = (0, 1, 6, 51)
+LONG_TAIL_BUCKETS = (0, 6)  # long-tail items: 0-5 train rows (their ids share the out-of-vocabulary slot)
 # slice -> (the raw features whose train rows are counted, bucket edges); the user's history in the
 # row's scenario has bucket "0" for a scenario the user never had in train (regime cold_scenario)
 SLICES = {"slice_user_history": (("user_id",), HISTORY_BUCKETS),
           "slice_item_popularity": (("item_id",), POPULARITY_BUCKETS),
+          "slice_item_long_tail": (("item_id",), LONG_TAIL_BUCKETS),
           "slice_user_scenario_history": (("user_id", SCENARIO), HISTORY_BUCKETS)}
 # items.csv columns that are text for prompts, not features
 ITEM_TEXT_COLUMNS = ("title", "description")
@@ -71,12 +73,52 @@ def preprocessing_fn(inputs, custom_config):
     for name, (keys, edges) in SLICES.items():
         key = raw[keys[0]] if len(keys) == 1 else tf.strings.join([raw[k] for k in keys], separator="\x1f")
         outputs[name] = _train_count_bucket(key, edges, name)
+    width = int(custom_config.get("knowledge_reduction", 0))
     for name in KNOWLEDGE_FEATURES:
         if name in inputs:
-            outputs[name] = tf.cast(inputs[name], tf.float32)
+            vectors = tf.cast(inputs[name], tf.float32)
+            outputs[name] = reduce_knowledge(vectors, width, name) if width else vectors
     if LABEL in inputs:
         outputs[LABEL] = _squeeze(inputs[LABEL])
     return outputs
+
+
+def reduce_knowledge(vectors: tf.Tensor, width: int, name: str) -> tf.Tensor:
+    """`[B, dim]` LLM vectors -> `[B, width]`: centred on the train mean, projected on the train rows'
+    `width` principal directions (`tft.pca`), each scaled to unit train variance. The raw vectors
+    of one LLM share a large common direction (MiniLM users: mean pairwise cosine 0.90); what tells
+    users (items) apart is in the directions left after removing it. A direction without train
+    variance (e.g. beyond the S - 1 a handful of scenario vectors span) is zeroed, not amplified."""
+    dim = int(vectors.shape[-1])
+    if width > dim:
+        raise ValueError(f"knowledge_reduction {width} is wider than the {name} vectors ({dim})")
+    # one analysis pass: the variance of each component is its direction's quadratic form in the
+    # train covariance (a second pass over the projected rows would cost a re-read of the data)
+    mean = tft.mean(vectors, reduce_instance_dims=False, name=f"{name}_mean")
+    basis = tft.pca(vectors, output_dim=width, dtype=tf.float32, name=f"{name}_pca")  # [dim, width]
+    covariance = tft.covariance(vectors, dtype=tf.float32, name=f"{name}_covariance")
+    variance = tf.reduce_sum(basis * tf.matmul(covariance, basis), axis=0)
+    projected = tf.matmul(vectors - mean, basis)
+    informative = variance > 1e-4 * tf.reduce_max(variance)  # float32 round-off is ~1e-7 of the top
+    scale = tf.where(informative, tf.math.rsqrt(tf.maximum(variance, 1e-12)), tf.zeros_like(variance))
+    return projected * scale
+
+
+def transform_knowledge(transform_layer, name: str, vectors: np.ndarray, knowledge_dims: Dict[str, int],
+                        scenario_id: str, chunk: int = 65_536) -> np.ndarray:
+    """A knowledge table `[rows, dim]` through the fitted Transform graph: `name`'s output per row.
+    The knowledge outputs depend on their own input only, so one pass over a table of distinct
+    users (items) equals transforming every example's copy; the other inputs are placeholders
+    (empty ids, a known scenario, zero vectors of `knowledge_dims`)."""
+    parts = []
+    for start in range(0, len(vectors), chunk):
+        rows = np.asarray(vectors[start:start + chunk], np.float32)
+        raw = {feature: tf.constant(np.full((len(rows), 1), scenario_id if feature == SCENARIO else ""))
+               for feature in RAW_FEATURES}
+        raw.update({other: tf.zeros([len(rows), dim]) for other, dim in knowledge_dims.items()})
+        raw[name] = tf.constant(rows)
+        parts.append(transform_layer(raw)[name].numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def raw_feature_spec() -> dict:
