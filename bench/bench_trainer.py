@@ -1,12 +1,15 @@
 """Trainer benchmarks.
 
-    python bench/bench_trainer.py throughput [--batch-sizes 1024 4096] [--backbones ...]
+    python bench/bench_trainer.py throughput [--batch-sizes 1024 4096] [--backbones ...] [--mode all]
+                                             [--knowledge-width 32]
         steady-state training examples/s (median of 7 windows after warm-up, traces excluded) and
-        parameter counts for every backbone with knowledge none and both, on synthetic in-memory
+        parameter counts for every backbone with knowledge none and MODE (default both), at the
+        knowledge width the model sees (384 raw MiniLM, or a reduction's), on synthetic in-memory
         data fed by tf.data (knowledge vectors gathered per batch, as `llm4msr train` does; every
         example's user is drawn from 50,000, so every user row is projected: the worst case);
     python bench/bench_trainer.py throughput --data /tmp/ml-small --knowledge-dir /tmp/ml-small-knowledge
-        the same on a real data set and its extracted knowledge, through `llm4msr train`'s own input
+                                             [--knowledge-reduction 32]
+        the same on a real data set and its extracted knowledge (reduced in Transform when asked), through `llm4msr train`'s own input
         pipeline (its features, vocabularies, user distribution and shuffled train split);
     python bench/bench_trainer.py auc --data /tmp/ml-small [--seed 0]
         `llm4msr train` test metrics for every backbone with knowledge=none on a prepared set
@@ -25,7 +28,7 @@ import llm4msr  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
 from llm4msr.trainer.backbones import BACKBONES
-from llm4msr.trainer.features import SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec
+from llm4msr.trainer.features import ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec
 from llm4msr.trainer.model import ModelConfig, compile_ranking_model
 
 VOCABULARY = {"user_id": 50_000, "item_id": 20_000, "category": 21, "scenario": 3}
@@ -43,25 +46,29 @@ class SyntheticWorkload:
     """In-memory random features; every example's user drawn uniformly from 50,000."""
     name = "synthetic"
 
+    def __init__(self, width: int = KNOWLEDGE_DIM):
+        self.width = width
+
     def spec(self, knowledge: bool) -> InputSpec:
-        dim = KNOWLEDGE_DIM if knowledge else 0
-        return InputSpec(VOCABULARY, ["year"], "scenario", dim, dim)
+        dim = self.width if knowledge else 0
+        return InputSpec(VOCABULARY, ["year"], "scenario", dim, dim, dim)
 
     def dataset(self, batch_size: int, knowledge: bool) -> tf.data.Dataset:
-        return synthetic_dataset(batch_size, knowledge)
+        return synthetic_dataset(batch_size, self.width if knowledge else 0)
 
 
 class RealWorkload:
     """A canonical data set's train split through `llm4msr train`'s input pipeline (shuffled, repeated)."""
 
-    def __init__(self, data_dir, knowledge_dir):
+    def __init__(self, data_dir, knowledge_dir, knowledge_reduction: int = 0):
         from llm4msr.pipeline.data.canonical import read_dataset
         from llm4msr.pipeline.knowledge.artifact import read_knowledge
         from llm4msr.trainer.fast import Encoder
 
         self.name = str(data_dir)
         dataset = read_dataset(data_dir)
-        self.encoders = {False: Encoder(dataset), True: Encoder(dataset, read_knowledge(knowledge_dir))}
+        self.encoders = {False: Encoder(dataset),
+                         True: Encoder(dataset, read_knowledge(knowledge_dir), knowledge_reduction)}
         self.train = {knowledge: encoder.encode(dataset, "train") for knowledge, encoder in self.encoders.items()}
 
     def spec(self, knowledge: bool) -> InputSpec:
@@ -71,20 +78,21 @@ class RealWorkload:
         return self.encoders[knowledge].tf_dataset(self.train[knowledge], batch_size, shuffle_seed=0).repeat()
 
 
-def synthetic_dataset(batch_size: int, knowledge: bool) -> tf.data.Dataset:
+def synthetic_dataset(batch_size: int, width: int) -> tf.data.Dataset:
     rng = np.random.default_rng(0)
     features = {name: rng.integers(0, size, ROWS) for name, size in VOCABULARY.items()}
     features["year"] = rng.normal(size=ROWS).astype(np.float32)
     labels = rng.integers(0, 2, ROWS).astype(np.float32)
     data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch_size, drop_remainder=True)
     data = data.cache().repeat()
-    if knowledge:
-        users = tf.constant(rng.normal(size=(VOCABULARY["user_id"], KNOWLEDGE_DIM)).astype(np.float32))
-        scenarios = tf.constant(rng.normal(size=(VOCABULARY["scenario"], KNOWLEDGE_DIM)).astype(np.float32))
+    if width:
+        tables = {name: (column, tf.constant(rng.normal(size=(VOCABULARY[column], width)).astype(np.float32)))
+                  for name, column in ((USER_KNOWLEDGE, "user_id"), (SCENARIO_KNOWLEDGE, "scenario"),
+                                       (ITEM_KNOWLEDGE, "item_id"))}
 
         def add_knowledge(features, label):
-            return {**features, USER_KNOWLEDGE: tf.gather(users, features["user_id"]),
-                    SCENARIO_KNOWLEDGE: tf.gather(scenarios, features["scenario"])}, label
+            return {**features, **{name: tf.gather(table, features[column])
+                                   for name, (column, table) in tables.items()}}, label
         data = data.map(add_knowledge, num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)
 
@@ -117,34 +125,35 @@ class TrainLoop:
         return examples / (time.perf_counter() - started), examples / (time.process_time() - cpu)
 
 
-def paired_throughput(workload, backbone: str, batch_size: int, steps_per_execution: int):
-    """knowledge none and both, timed in alternating windows in one process, so a change in the
+def paired_throughput(workload, backbone: str, batch_size: int, steps_per_execution: int, mode: str = "both"):
+    """knowledge none and `mode`, timed in alternating windows in one process, so a change in the
     machine's speed (large here: other tenants) hits both alike. Returns, per mode, the median
     examples/s, examples per CPU-s and parameters, and the median of the per-pair time ratios."""
-    loops = {mode: TrainLoop(workload, backbone, mode, batch_size, steps_per_execution) for mode in ("none", "both")}
-    windows = {mode: [] for mode in loops}
+    loops = {name: TrainLoop(workload, backbone, name, batch_size, steps_per_execution) for name in ("none", mode)}
+    windows = {name: [] for name in loops}
     for _ in range(WINDOWS):
-        for mode, loop in loops.items():
-            windows[mode].append(loop.window())
-    ratios = [none[0] / both[0] for none, both in zip(windows["none"], windows["both"])]
-    rates = {mode: (float(np.median([w[0] for w in ws])), float(np.median([w[1] for w in ws])),
-                    loops[mode].ranking.model.count_params()) for mode, ws in windows.items()}
+        for name, loop in loops.items():
+            windows[name].append(loop.window())
+    ratios = [none[0] / other[0] for none, other in zip(windows["none"], windows[mode])]
+    rates = {name: (float(np.median([w[0] for w in ws])), float(np.median([w[1] for w in ws])),
+                    loops[name].ranking.model.count_params()) for name, ws in windows.items()}
     return rates, float(np.median(ratios))
 
 
 def run_throughput(args) -> None:
     if bool(args.data) != bool(args.knowledge_dir):
         sys.exit("--data and --knowledge-dir go together (a real data set needs its knowledge)")
-    workload = RealWorkload(args.data, args.knowledge_dir) if args.data else SyntheticWorkload()
+    workload = (RealWorkload(args.data, args.knowledge_dir, args.knowledge_reduction) if args.data
+                else SyntheticWorkload(args.knowledge_width))
     print(f"# training throughput on {workload.name} data, embedding width 16, "
           f"knowledge width {workload.spec(True).user_knowledge_dim}, "
           f"steps_per_execution {args.steps_per_execution}, median of {WINDOWS} alternating windows; {load()}")
     print(f"{'backbone':<14}{'batch':>6}{'knowledge':>10}{'params':>11}{'ex/s':>10}{'ex/cpu-s':>10}{'time vs none':>14}")
     for backbone in args.backbones:
         for batch_size in args.batch_sizes:
-            rates, ratio = paired_throughput(workload, backbone, batch_size, args.steps_per_execution)
+            rates, ratio = paired_throughput(workload, backbone, batch_size, args.steps_per_execution, args.mode)
             for mode, (rate, cpu_rate, params) in rates.items():
-                cost = f"{ratio:>13.2f}x" if mode == "both" else f"{1:>13.2f}x"
+                cost = f"{ratio:>13.2f}x" if mode != "none" else f"{1:>13.2f}x"
                 print(f"{backbone:<14}{batch_size:>6}{mode:>10}{params:>11,}{rate:>10,.0f}{cpu_rate:>10,.0f}{cost}",
                       flush=True)
     print(f"# {load()}")
@@ -152,10 +161,11 @@ def run_throughput(args) -> None:
 
 def run_auc(args) -> None:
     from llm4msr.trainer.fast import train
+    from llm4msr.trainer.training import TrainConfig
 
     print(f"# llm4msr train --knowledge none --seed {args.seed} on {args.data}; {load()}")
-    results = [train(args.data, ModelConfig(backbone=b), seed=args.seed, epochs=args.epochs,
-                     batch_size=args.batch_size, verbose=0) for b in args.backbones]
+    training = TrainConfig(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size)
+    results = [train(args.data, ModelConfig(backbone=b), training=training, verbose=0) for b in args.backbones]
     scenarios = list(results[0]["test"]["scenarios"])
     print(f"{'backbone':<14}{'AUC':>8}{'gAUC':>8}{'logloss':>9}" + "".join(f"{'AUC ' + s:>9}" for s in scenarios)
           + f"{'epochs':>8}{'seconds':>9}")
@@ -176,6 +186,10 @@ def main(argv=None) -> int:
     speed.add_argument("--steps-per-execution", type=int, default=4)
     speed.add_argument("--data", help="a prepared data set (llm4msr data prepare --out DIR) instead of synthetic data")
     speed.add_argument("--knowledge-dir", help="its knowledge (llm4msr knowledge extract --out DIR)")
+    speed.add_argument("--mode", default="both", help="the knowledge mode timed against none (both, all, ...)")
+    speed.add_argument("--knowledge-width", type=int, default=KNOWLEDGE_DIM,
+                       help="synthetic data: the knowledge width the model sees (e.g. a reduction's)")
+    speed.add_argument("--knowledge-reduction", type=int, default=0, help="real data: Transform reduction width")
     speed.set_defaults(func=run_throughput)
     quality = modes.add_parser("auc")
     quality.add_argument("--data", required=True, help="canonical data set (llm4msr data prepare --out DIR)")

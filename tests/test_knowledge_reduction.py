@@ -22,14 +22,15 @@ def _train_row_vectors(dataset, encoder, name):
     return vectors[dataset.split("train")[column].map(index).to_numpy()]
 
 
-def test_reduced_knowledge_is_centred_and_whitened_on_the_train_rows(encoded):
+def test_reduced_knowledge_is_centred_and_decorrelated_on_the_train_rows(encoded):
     dataset, _, encoder = encoded
     assert encoder.input_spec().knowledge_dims == {USER_KNOWLEDGE: WIDTH, SCENARIO_KNOWLEDGE: WIDTH,
                                                    ITEM_KNOWLEDGE: WIDTH}
     for name in (USER_KNOWLEDGE, ITEM_KNOWLEDGE):
         rows = _train_row_vectors(dataset, encoder, name)
         np.testing.assert_allclose(rows.mean(axis=0), 0.0, atol=1e-4, err_msg=name)
-        np.testing.assert_allclose(rows.var(axis=0), 1.0, rtol=1e-3, err_msg=name)
+        variance = rows.var(axis=0)
+        assert variance.sum() == pytest.approx(1.0, rel=1e-3) and np.all(np.diff(variance) <= 1e-4), name
         np.testing.assert_allclose(np.corrcoef(rows.T), np.eye(WIDTH), atol=1e-3, err_msg=name)  # decorrelated
 
 
@@ -40,12 +41,12 @@ def test_the_reduction_keeps_the_top_principal_directions(encoded):
     centred = raw - raw.mean(axis=0)
     eigenvalues, eigenvectors = np.linalg.eigh(np.cov(centred.T, bias=True))
     top = eigenvectors[:, ::-1][:, :WIDTH]
-    expected = centred @ top / np.sqrt(eigenvalues[::-1][:WIDTH])
+    expected = centred @ top / np.sqrt(eigenvalues[::-1][:WIDTH].sum())
     reduced = _train_row_vectors(dataset, encoder, USER_KNOWLEDGE)
     np.testing.assert_allclose(np.abs(reduced), np.abs(expected), atol=2e-3)  # up to each direction's sign
 
 
-def test_scenario_directions_without_train_variance_are_zero_not_amplified(encoded):
+def test_scenario_directions_without_train_variance_stay_near_zero(encoded):
     _, _, encoder = encoded
     scenarios = encoder.tables[SCENARIO_KNOWLEDGE][3]  # 3 scenario vectors span 2 directions
     assert np.all(np.abs(scenarios[:, 2:]) < 1e-3) and np.abs(scenarios[:, :2]).max() > 0.1

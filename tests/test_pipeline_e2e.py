@@ -29,11 +29,14 @@ def workspace(tmp_path_factory, tiny_movielens):
     return root
 
 
+REDUCTION = 8  # the Transform reduces the 384-wide MiniLM vectors; the pushed store holds the reduced ones
+
+
 def _config(workspace, **overrides) -> PipelineConfig:
     values = dict(dataset_dir=str(workspace / "data"), root=str(workspace / "run"),
                   serving_dir=str(workspace / "serving"), knowledge_cache_dir=str(workspace / "cache"),
                   training={"epochs": 2, "batch_size": 256}, beam_args=IN_MEMORY,
-                  model={"backbone": "star", "knowledge": "all"},
+                  model={"backbone": "star", "knowledge": "all"}, knowledge_reduction=REDUCTION,
                   # S2 has ~25 test examples here: its AUC and calibration are noise; the bound tests are below
                   auc_floor=0.0, calibration_band=[0.5, 2.0], max_normalized_logloss=1.5)
     values.update(overrides)
@@ -66,7 +69,8 @@ def test_every_component_ran_and_the_model_was_pushed(first_run):
     assert first_run["pushed"] and (pathlib.Path(first_run["pushed"]) / "saved_model.pb").is_file()
     pushed = pathlib.Path(first_run["pushed"])
     assert (pushed / "assets" / "user_id").is_file()  # the Transform vocabularies travel along
-    assert read_knowledge(pushed / "assets.extra" / "knowledge").dim == 384  # so does the knowledge store
+    store = read_knowledge(pushed / "assets.extra" / "knowledge")  # so does the knowledge store, reduced
+    assert store.dim == REDUCTION and store.metadata["reduced_from"] == 384 and store.has_items
     from tensorflow_serving.apis import prediction_log_pb2
     warmup = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
               for r in tf.data.TFRecordDataset(str(pushed / "assets.extra" / "tf_serving_warmup_requests"))]
@@ -109,14 +113,21 @@ def test_the_three_signatures_answer_on_real_examples(first_run, workspace):
     def column(name):
         return [e.features.feature[name].bytes_list.value[0] for e in examples]
 
+    # predict_raw takes the store's reduced vectors; the examples carry the raw ones: same scores
+    from llm4msr.serving.knowledge_store import PushedKnowledgeStore
+
+    store = PushedKnowledgeStore.latest(workspace / "serving")
     raw = {name: tf.constant(column(name)) for name in ("user_id", "item_id", "scenario")}
-    for name in ("user_knowledge", "scenario_knowledge", "item_knowledge"):
-        raw[name] = tf.constant([list(e.features.feature[name].float_list.value) for e in examples], tf.float32)
+    raw["user_knowledge"] = tf.constant([store.user_vector(u.decode()) for u in column("user_id")])
+    raw["scenario_knowledge"] = tf.constant([store.scenario_vector(s.decode()) for s in column("scenario")])
+    raw["item_knowledge"] = tf.constant(store.item_vectors([i.decode() for i in column("item_id")]))
+    assert raw["user_knowledge"].shape == (16, REDUCTION)
     from_raw = model.signatures["predict_raw"](**raw)["probability"].numpy()
-    np.testing.assert_allclose(from_raw, from_examples, rtol=1e-5)
+    np.testing.assert_allclose(from_raw, from_examples, rtol=1e-4, atol=1e-6)
     transformed = model.signatures["transform_features"](examples=serialized)
-    assert transformed["scenario"].numpy().max() <= 2 and transformed["user_knowledge"].shape == (16, 384)
-    assert transformed["item_knowledge"].shape == (16, 384)
+    assert transformed["scenario"].numpy().max() <= 2 and transformed["user_knowledge"].shape == (16, REDUCTION)
+    np.testing.assert_allclose(transformed["user_knowledge"].numpy(), raw["user_knowledge"].numpy(), atol=1e-4)
+    assert transformed["item_knowledge"].shape == (16, REDUCTION)
 
 
 def test_the_client_fills_item_vectors_from_the_pushed_store(first_run, workspace):

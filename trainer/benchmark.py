@@ -47,7 +47,11 @@ RESULTS_CSV, RESULTS_MD, GRID_JSON = "results.csv", "results.md", "grid.json"
 SCENARIO_PLOT, LIFT_PLOT = "auc_per_scenario.png", "lift.png"
 METRICS = ("auc", "logloss", "gauc", "calibration", "examples")
 KEY = ("backbone", "knowledge", "seed")
-MODE_ORDER = ("none", "user", "scenario", "both")
+MODE_ORDER = ("none", "user", "scenario", "both", "item", "all")
+# the slices where knowledge should carry what ids cannot: (results column stem, bucket, reading)
+KEY_SLICES = (("user_history", "0", "new users (no train row)"),
+              ("user_scenario_history", "0", "user new to the scenario"),
+              ("item_long_tail", "0-5", "long-tail items (0-5 train rows)"))
 
 
 _TRAINING = TrainConfig()
@@ -462,6 +466,72 @@ def target_check(table: pd.DataFrame, mode: str = "both") -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # Report: Markdown and plots
 
+def best_mode_on_eval(table: pd.DataFrame, backbone: str) -> Optional[str]:
+    """The knowledge mode (not none) with the highest mean eval AUC: chosen without looking at test."""
+    rows = table[(table["backbone"] == backbone) & (table["knowledge"] != "none")]
+    if rows.empty:
+        return None
+    return str(rows.groupby("knowledge")["eval_auc"].mean().idxmax())
+
+
+def _slice_sections(table: pd.DataFrame, backbones, modes) -> List[str]:
+    """Test AUC of `none` and the lift of every mode in the KEY_SLICES the runs have, and the
+    targets: the eval-chosen mode above none by more than 2σ overall and in each key slice."""
+    present = [(stem, bucket, reading) for stem, bucket, reading in KEY_SLICES
+               if f"test_{stem}={bucket}_auc" in table.columns and table[f"test_{stem}={bucket}_examples"].max() > 0]
+    out = []
+    if present:
+        out += ["## Key slices: test AUC of `none` and lift of each mode", "",
+                "Lift = mean(mode) − mean(none) ± std of the per-seed paired lift; **bold** when above 2σ "
+                "(σ as in the lift table). Examples: mean test rows in the slice.", ""]
+        header = ["backbone", "mode", *[f"{reading} (`{stem}={bucket}`)" for stem, bucket, reading in present]]
+        rows = []
+        for backbone in backbones:
+            for mode in modes:
+                cells = []
+                for stem, bucket, _ in present:
+                    column = f"test_{stem}={bucket}_auc"
+                    sub = table[table["backbone"] == backbone]
+                    if mode == "none":
+                        stats = summarize(sub, column)
+                        examples = sub[f"test_{stem}={bucket}_examples"].mean()
+                        cells.append(_fmt(stats["mean"].get((backbone, "none")), stats["std"].get((backbone, "none")))
+                                     + f" ({examples:,.0f} ex.)" if (backbone, "none") in stats.index else "–")
+                        continue
+                    lift = lift_table(sub, column)
+                    hit = lift[lift["knowledge"] == mode]
+                    if hit.empty:
+                        cells.append("–")
+                        continue
+                    r = hit.iloc[0]
+                    text = f"{r['lift']:+.4f} ± {r['std_lift']:.4f}"
+                    cells.append(f"**{text}**" if r["significant"] else text)
+                if any(c != "–" for c in cells):
+                    rows.append([backbone, mode, *cells])
+        out += [_markdown_table(header, rows), ""]
+    targets = [("test_auc", "overall")] + [(f"test_{stem}={bucket}_auc", reading) for stem, bucket, reading in present]
+    rows = []
+    for backbone in backbones:
+        mode = best_mode_on_eval(table, backbone)
+        if mode is None or table[(table["backbone"] == backbone) & (table["knowledge"] == "none")].empty:
+            continue
+        cells = [backbone, mode]
+        for column, _ in targets:
+            lift = lift_table(table[table["backbone"] == backbone], column)
+            hit = lift[lift["knowledge"] == mode]
+            if hit.empty:
+                cells.append("–")
+                continue
+            r = hit.iloc[0]
+            cells.append(f"{r['lift']:+.4f} vs 2σ {2 * r['sigma']:.4f}: {'**met**' if r['significant'] else 'missed'}")
+        rows.append(cells)
+    if rows:
+        out += ["## Targets: the mode chosen on eval above `none` by more than 2σ", "",
+                "The mode per backbone is the knowledge mode with the best mean eval AUC (test is not looked at).", "",
+                _markdown_table(["backbone", "mode (by eval)", *[reading for _, reading in targets]], rows), ""]
+    return out
+
+
 def _fmt(mean, std, digits=4) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
@@ -555,6 +625,7 @@ def render_markdown(table: pd.DataFrame, spec: Optional[GridSpec] = None, wall_s
             out += ["## Target: `both` above `none` by more than 2σ, no scenario worse", "",
                     _markdown_table(["backbone", "lift", "2σ", "lift > 2σ", "worst scenario lift", "no scenario worse",
                                      "target"], rows), ""]
+    out += _slice_sections(table, backbones, modes)
     cost = summarize(table, "train_seconds")
     epochs = summarize(table, "epochs")
     rows = []
@@ -580,7 +651,7 @@ def render_plots(table: pd.DataFrame, out_dir, backbones: Optional[Sequence[str]
     out_dir = pathlib.Path(out_dir)
     backbones = _ordered(table["backbone"], list(backbones or []))
     modes = _ordered(table["knowledge"], MODE_ORDER)
-    colors = dict(zip(MODE_ORDER, ["#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c"]))
+    colors = dict(zip(MODE_ORDER, ["#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]))
     panels = [("overall", "test_auc")] + [(s, f"test_{s}_auc") for s in scenarios_of(table)]
     figure, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
     width = 0.8 / max(1, len(modes))

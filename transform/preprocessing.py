@@ -85,10 +85,9 @@ def preprocessing_fn(inputs, custom_config):
 
 def reduce_knowledge(vectors: tf.Tensor, width: int, name: str) -> tf.Tensor:
     """`[B, dim]` LLM vectors -> `[B, width]`: centred on the train mean, projected on the train rows'
-    `width` principal directions (`tft.pca`), each scaled to unit train variance. The raw vectors
-    of one LLM share a large common direction (MiniLM users: mean pairwise cosine 0.90); what tells
-    users (items) apart is in the directions left after removing it. A direction without train
-    variance (e.g. beyond the S - 1 a handful of scenario vectors span) is zeroed, not amplified."""
+    `width` principal directions (`tft.pca`), scaled to unit mean squared norm on train. The
+    raw vectors of one LLM share a large common direction (MiniLM users: mean pairwise cosine 0.90);
+    what tells users (items) apart is in the directions left after removing it."""
     dim = int(vectors.shape[-1])
     if width > dim:
         raise ValueError(f"knowledge_reduction {width} is wider than the {name} vectors ({dim})")
@@ -99,9 +98,10 @@ def reduce_knowledge(vectors: tf.Tensor, width: int, name: str) -> tf.Tensor:
     covariance = tft.covariance(vectors, dtype=tf.float32, name=f"{name}_covariance")
     variance = tf.reduce_sum(basis * tf.matmul(covariance, basis), axis=0)
     projected = tf.matmul(vectors - mean, basis)
-    informative = variance > 1e-4 * tf.reduce_max(variance)  # float32 round-off is ~1e-7 of the top
-    scale = tf.where(informative, tf.math.rsqrt(tf.maximum(variance, 1e-12)), tf.zeros_like(variance))
-    return projected * scale
+    # one scale for every component, so the spectrum keeps its shape, and unit mean squared norm, the
+    # scale of the (normalised) raw vectors; whitening each component to unit variance, and unit
+    # variance per component, measured worse on eval (ml-latest-small; docs/RESULTS.md)
+    return projected * tf.math.rsqrt(tf.maximum(tf.reduce_sum(variance), 1e-12))
 
 
 def transform_knowledge(transform_layer, name: str, vectors: np.ndarray, knowledge_dims: Dict[str, int],
