@@ -156,3 +156,19 @@ def test_report_renders_from_a_hand_made_table(tmp_path):
     assert "| dnn | both | +0.0200 | +2.82 % | 0.0000 | 0.0100 | no | 3 |" in report
     assert (tmp_path / "lift.png").stat().st_size < 200_000
     assert not math.isnan(benchmark.summarize(table, "test_auc").loc[("star", "both"), "std"])
+
+
+def test_key_slices_and_the_target_use_the_mode_chosen_on_eval(tmp_path):
+    """The target's mode is the best on eval, not on test: here `user` wins eval but loses test."""
+    table = _hand_table()
+    table["test_logloss"], table["test_gauc"], table["train_seconds"], table["epochs"] = 0.6, 0.6, 10.0, 3
+    table["eval_auc"] = table["test_auc"] + np.where(table["knowledge"] == "user", 0.1, 0.0)
+    table["test_user_history=0_auc"] = table["test_auc"] + np.where(table["knowledge"] == "both", 0.05, 0.0)
+    table["test_user_history=0_examples"] = 40
+    assert benchmark.best_mode_on_eval(table, "dnn") == "user"
+    assert benchmark.best_mode_on_eval(table, "star") == "both"
+    benchmark.write_report(table, tmp_path)
+    report = (tmp_path / "results.md").read_text()
+    assert "new users (no train row) (`user_history=0`)" in report
+    assert "| dnn | both | **+0.0700 ± 0.0000** |" in report  # the key-slice lift, beyond 2σ
+    assert "| dnn | user | +0.0010 vs 2σ" in report and "missed" in report

@@ -469,7 +469,7 @@ def target_check(table: pd.DataFrame, mode: str = "both") -> pd.DataFrame:
 def best_mode_on_eval(table: pd.DataFrame, backbone: str) -> Optional[str]:
     """The knowledge mode (not none) with the highest mean eval AUC: chosen without looking at test."""
     rows = table[(table["backbone"] == backbone) & (table["knowledge"] != "none")]
-    if rows.empty:
+    if rows.empty or "eval_auc" not in rows:
         return None
     return str(rows.groupby("knowledge")["eval_auc"].mean().idxmax())
 
