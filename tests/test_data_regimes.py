@@ -5,7 +5,7 @@ import pytest
 from llm4msr.errors import DataError
 from llm4msr.pipeline.data import canonical
 from llm4msr.pipeline.data.prepare import prepare
-from llm4msr.pipeline.data.split import HISTORY
+from llm4msr.pipeline.data.split import HISTORY, cold_scenario_rows
 from llm4msr.pipeline.knowledge import prompts as P
 from llm4msr.pipeline.knowledge.artifact import USER
 from llm4msr.pipeline.knowledge.templates import load_templates
@@ -80,17 +80,31 @@ def test_history_rows_are_in_no_training_statistic(prepared):
 
 def test_cold_scenario_holds_out_a_whole_scenario_of_a_user_who_keeps_the_others(prepared):
     frame = prepared("cold_scenario").interactions
-    time = prepared("time").interactions
-    train_pairs = set(zip(frame.loc[frame["split"] == "train", "user_id"], frame.loc[frame["split"] == "train", "scenario"]))
-    time_pairs = set(zip(time.loc[time["split"] == "train", "user_id"], time.loc[time["split"] == "train", "scenario"]))
-    cold = time_pairs - train_pairs
-    assert cold, "some user lost a scenario"
-    for user, scenario in cold:
-        rows = frame[(frame["user_id"] == user)]
+    held = cold_scenario_rows(frame, 0.34, 0).dropna()
+    cold = frame.loc[held.index, ["user_id", "scenario"]].drop_duplicates()
+    assert len(cold) and cold["user_id"].is_unique  # one scenario per chosen user
+    for user, scenario in zip(cold["user_id"], cold["scenario"]):
+        rows = frame[frame["user_id"] == user]
         in_scenario = rows[rows["scenario"] == scenario]
         assert set(in_scenario["split"]) <= {"eval", "test"} and (in_scenario["split"] == "test").any()
         assert (rows.loc[rows["scenario"] != scenario, "split"] == "train").any()  # known elsewhere
-    assert len({user for user, _ in cold}) == len(cold)  # one scenario per user
+
+
+def test_regimes_do_not_depend_on_the_process_hash_seed(tiny_movielens, tmp_path):
+    """Set iteration order changes with PYTHONHASHSEED; a regime's split must not."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for hash_seed in ("1", "2"):
+        out = tmp_path / hash_seed
+        subprocess.run([sys.executable, "-m", "llm4msr", "data", "prepare", "--regime", "cold_scenario",
+                        "--data-dir", str(tiny_movielens), "--no-download", "--out", str(out)],
+                       check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        digests.add(hashlib.sha256((out / canonical.INTERACTIONS).read_bytes()).hexdigest())
+    assert len(digests) == 1
 
 
 def test_unknown_regime_and_bad_share_are_clear_errors(tiny_movielens, tmp_path):

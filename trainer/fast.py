@@ -148,8 +148,7 @@ def knowledge_tables(dataset: Dataset, knowledge: Optional[Knowledge]) -> Dict[s
             for name, row_feature, column, ids, vectors in levels}
 
 
-def fit_transform(dataset: Dataset, knowledge_tables: Optional[Dict[str, tuple]] = None,
-                  knowledge_reduction: int = 0):
+def fit_transform(dataset: Dataset, tables: Optional[Dict[str, tuple]] = None, knowledge_reduction: int = 0):
     """`preprocessing_fn` analysed on the train split (tf.Transform, in-memory Beam): a
     `TFTransformOutput`, cached on disk by the data set's and the feature code's fingerprints (and
     the knowledge's, when its reduction is analysed: then the train rows carry their vectors)."""
@@ -157,7 +156,7 @@ def fit_transform(dataset: Dataset, knowledge_tables: Optional[Dict[str, tuple]]
 
     if dataset.folder is None:
         raise ValueError("fit_transform needs a data set read from a folder (read_dataset)")
-    tables = knowledge_tables if knowledge_reduction else None
+    tables = tables if knowledge_reduction else None  # without a reduction the knowledge is not analysed
     target = _cache_dir() / "transform" / _transform_key(dataset, knowledge_reduction, tables)
     if not (target / "transform_fn").is_dir():
         _analyze(dataset, target, tables, knowledge_reduction)

@@ -6,8 +6,8 @@ Signatures of the exported SavedModel:
   the Transform graph runs inside, so clients send raw ids.
 - `predict_raw`: named raw tensors (`item_id` strings `[B]`, one per candidate; `user_id`, `scenario`
   strings and `user_knowledge`, `scenario_knowledge` float32 `[., dim]` with B rows or 1 row for the
-  whole request, `dim` the store's width (the reduced one when the Transform reduces); `item_knowledge` `[B, dim]`, one per candidate, when the examples carry item
-  knowledge) -> `probability`: what TF Serving clients call with the knowledge embeddings as input
+  whole request, `dim` the store's width (the reduced one when the Transform reduces);
+  `item_knowledge` `[B, dim]`, one per candidate, when the examples carry item knowledge) -> `probability`: what TF Serving clients call with the knowledge embeddings as input
   features.
 - `transform_features`: serialized `tf.Example` -> transformed features (used by the Evaluator).
 

@@ -60,7 +60,7 @@ def cold_scenario_rows(interactions: pd.DataFrame, share: float, seed: int) -> p
     candidates = sorted(per_user[per_user.map(len) >= 2].index)
     rng = np.random.default_rng([seed, 1])
     cold = {user: sorted(per_user[user])[rng.integers(len(per_user[user]))]
-            for user in _seeded_choice(candidates, share, seed)}
+            for user in sorted(_seeded_choice(candidates, share, seed))}  # sorted: set order varies by process
     held = interactions["scenario"].eq(interactions["user_id"].map(cold))
     rows = interactions[held]
     keys = ["user_id", "timestamp", "item_id"] if "timestamp" in rows.columns else ["user_id", "item_id"]
@@ -72,8 +72,7 @@ def cold_scenario_rows(interactions: pd.DataFrame, share: float, seed: int) -> p
 
 
 def _seeded_choice(values, share: float, seed: int) -> set:
-    if not 0.0 < share < 1.0:
-        raise ValueError(f"regime share must be between 0 and 1 (exclusive), got {share}")
+    """A seeded `share` of `values` (the share is validated by `canonical.assign_split`)."""
     values = list(values)
     count = int(round(len(values) * share))
     return set(np.random.default_rng(seed).permutation(values)[:count].tolist()) if values else set()
