@@ -70,3 +70,25 @@ def test_item_knowledge_beats_ids_when_the_signal_is_only_in_item_text():
         aucs[knowledge] = metrics.auc(test_labels, ranking.predict(test_features, batch_size=1024, verbose=0))
     assert aucs["none"] < 0.6, aucs
     assert aucs["item"] > aucs["none"] + 0.15, aucs
+
+
+def test_id_dropout_teaches_the_knowledge_path_to_stand_in_for_a_new_users_id():
+    """Users have enough rows for their ids to learn their taste, so without id dropout the model
+    leans on the id and has never seen the unknown-id slot; new users (the out-of-vocabulary last
+    index) are then scored better when training dropped ids."""
+    rng = np.random.default_rng(5)
+    direction = rng.normal(size=DIM).astype(np.float32) / np.sqrt(DIM)
+    train = synthetic(rng, np.arange(0, 300), direction)
+    oov = 300
+    test_features, test_labels = synthetic(rng, np.full(200, oov, np.int64), direction)
+    spec = InputSpec({"user_id": oov + 1, "item_id": 50, "scenario": SCENARIOS}, user_knowledge_dim=DIM)
+    aucs = {}
+    for id_dropout in (0.0, 0.3):
+        tf.keras.utils.set_random_seed(3)
+        ranking = compile_ranking_model({"backbone": "dnn", "knowledge": "user", "embedding_dim": 8,
+                                         "hidden_units": [32], "projection_dim": 8, "learning_rate": 3e-3,
+                                         "id_dropout": id_dropout}, spec)
+        data = tf.data.Dataset.from_tensor_slices(train).shuffle(8000, seed=3).batch(256)
+        ranking.fit(data, epochs=6, verbose=0)
+        aucs[id_dropout] = metrics.auc(test_labels, ranking.predict(test_features, batch_size=1024, verbose=0))
+    assert aucs[0.3] > aucs[0.0] + 0.025, aucs

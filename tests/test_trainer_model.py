@@ -180,7 +180,8 @@ def test_gradients_reach_the_generators_of_both_levels():
 
 @pytest.mark.parametrize("backbone", sorted(backbones.BACKBONES))
 def test_keras_format_round_trip_gives_identical_predictions(backbone, tmp_path):
-    model = model_for(backbone, "both", cross_layers=1 if backbone == "dnn" else 0)
+    model = model_for(backbone, "both", cross_layers=1 if backbone == "dnn" else 0,
+                      id_dropout=0.2 if backbone == "dnn" else 0.0)
     batch = features()
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -192,7 +193,7 @@ def test_keras_format_round_trip_gives_identical_predictions(backbone, tmp_path)
 def test_saved_model_round_trip_gives_identical_predictions(backbone, knowledge, save_traces, tmp_path):
     # traced call functions make SavedModel saving slow (~30 s for star/both on 2 cores); without
     # them Keras rebuilds the layers from their registered configs
-    model = model_for(backbone, knowledge, cross_layers=1)
+    model = model_for(backbone, knowledge, cross_layers=1, id_dropout=0.2)
     batch = features()
     model.save(str(tmp_path / "saved"), save_format="tf", save_traces=save_traces)
     loaded = tf.keras.models.load_model(str(tmp_path / "saved"))
@@ -224,6 +225,9 @@ def test_layers_and_backbones_compose_into_a_users_own_functional_model(tmp_path
     ({"meta_rank": 2.5}, "ModelConfig.meta_rank"),
     ({"dropout": 1.0}, "ModelConfig.dropout"),
     ({"knowledge_dropout": -0.1}, "ModelConfig.knowledge_dropout"),
+    ({"id_dropout": 1.0}, "ModelConfig.id_dropout"),
+    ({"id_dropout": 0.1, "id_dropout_features": ["user"]}, "ModelConfig.id_dropout_features: ['user']"),
+    ({"id_dropout_features": "user_id"}, "ModelConfig.id_dropout_features"),
     ({"hiden_units": [8]}, "ModelConfig.hiden_units: unknown field"),
 ])
 def test_malformed_model_configs_name_the_field(config, field):
@@ -242,6 +246,24 @@ def test_malformed_input_specs_name_the_field(spec, field):
     with pytest.raises(ConfigError) as error:
         build_model({}, spec)
     assert field in str(error.value)
+
+
+def test_id_dropout_sends_a_share_of_training_ids_to_the_oov_slot_and_none_at_inference():
+    dropout = layers.IdDropout(oov_index=99, rate=0.3)
+    ids = tf.range(20000, dtype=tf.int64) % 50
+    tf.keras.utils.set_random_seed(0)
+    trained = dropout(ids, training=True).numpy()
+    dropped = trained == 99
+    assert 0.28 < dropped.mean() < 0.32
+    np.testing.assert_array_equal(trained[~dropped], ids.numpy()[~dropped])
+    np.testing.assert_array_equal(dropout(ids, training=False).numpy(), ids.numpy())
+    np.testing.assert_array_equal(dropout(ids).numpy(), ids.numpy())
+    # in a model: the user_id layer drops to the last index only while training
+    model = model_for("dnn", "user", id_dropout=0.5)
+    batch = features()
+    np.testing.assert_array_equal(predict(model, batch), predict(model, batch))
+    oov = {**batch, "user_id": np.full(BATCH, SPEC.categorical["user_id"] - 1)}
+    assert not np.allclose(predict(model, batch), predict(model, oov))
 
 
 def test_knowledge_mode_without_knowledge_inputs_names_the_width():

@@ -3,8 +3,8 @@
 One `InputSpec` drives the Keras inputs of every backbone, the fast experiment path and the
 TFX trainer. Input names and dtypes:
 
-* each categorical feature: int64 index in `[0, size)` (the out-of-vocabulary slot is part of
-  `size`); the scenario feature is categorical too, its size is the number of scenarios;
+* each categorical feature: int64 index in `[0, size)`; the out-of-vocabulary slot is the last index,
+  `size - 1`; the scenario feature is categorical too, its size is the number of scenarios;
 * each dense feature: float32 scalar (already normalised);
 * `user_knowledge` / `scenario_knowledge` / `item_knowledge`: float32 `[B, dim]` knowledge vectors
   (absent when the dim is 0).

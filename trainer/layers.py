@@ -60,6 +60,35 @@ class FeatureEmbedding(tf.keras.layers.Layer):
 
 
 @serializable
+class IdDropout(tf.keras.layers.Layer):
+    """While training, replaces each id index by the out-of-vocabulary index with probability
+    `rate` (DropoutNet-style cold-start training); at inference it passes ids through.
+
+    Without it the out-of-vocabulary embedding of a data set where every user has enough train
+    rows is never trained, and nothing teaches the model what to do for a user it does not know:
+    with it, the shared unknown-id embedding is trained, and the knowledge path (the LLM's reading
+    of the user's history) learns to carry the user when the id is missing."""
+
+    def __init__(self, oov_index: int, rate: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.oov_index, self.rate = int(oov_index), float(rate)
+
+    @no_autograph
+    def call(self, ids, training=None):
+        if not self.rate:
+            return ids
+
+        def dropped():  # seeded by the global seed (`tf.random.set_seed`), as Keras' Dropout
+            drop = tf.random.uniform(tf.shape(ids)) < self.rate
+            return tf.where(drop, tf.constant(self.oov_index, ids.dtype), ids)
+        return tf.__internal__.smart_cond.smart_cond(False if training is None else training, dropped,
+                                                     lambda: tf.identity(ids))
+
+    def get_config(self):
+        return {**super().get_config(), "oov_index": self.oov_index, "rate": self.rate}
+
+
+@serializable
 class MLP(tf.keras.layers.Layer):
     """Dense layers with an activation and dropout after each; `[B, d] -> [B, units[-1]]`."""
 

@@ -29,7 +29,7 @@ import tensorflow_recommenders as tfrs
 from llm4msr.trainer.backbones import BACKBONES, make_backbone
 from llm4msr.trainer.features import (ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec, fail,
                                       require_positive)
-from llm4msr.trainer.layers import (Cross, FeatureEmbedding, KnowledgeProjector, ScenarioCalibration,
+from llm4msr.trainer.layers import (Cross, FeatureEmbedding, IdDropout, KnowledgeProjector, ScenarioCalibration,
                                     ScenarioMetaTower, SemanticMatch, UserMetaStack, no_autograph)
 from llm4msr.trainer.knowledge_modes import KNOWLEDGE_LEVELS, KNOWLEDGE_MODES  # noqa: F401  (re-exported)
 from llm4msr.trainer.optimizer import FusedAdam
@@ -57,6 +57,10 @@ class ModelConfig:
     cross_layers: int = 0  # tfrs DCN cross layers after the user meta stack
     dropout: float = 0.0
     knowledge_dropout: float = 0.0  # on the item content and match features (they overfit rare items fast)
+    # share of training rows whose ids are replaced by the out-of-vocabulary (last) index: trains the
+    # unknown-id embedding and teaches the knowledge path to stand in for a new user's id
+    id_dropout: float = 0.0
+    id_dropout_features: List[str] = field(default_factory=lambda: ["user_id"])
     learning_rate: float = 1e-3
 
     def __post_init__(self):
@@ -122,7 +126,11 @@ class ModelConfig:
                 fail("ModelConfig", name, f"expected a non-empty list of layer sizes, got {units!r}")
             for index, size in enumerate(units):
                 require_positive("ModelConfig", f"{name}[{index}]", size)
-        for name in ("dropout", "knowledge_dropout"):
+        if not isinstance(self.id_dropout_features, (list, tuple)):
+            fail("ModelConfig", "id_dropout_features", f"expected a list of categorical feature names, "
+                                                       f"got {self.id_dropout_features!r}")
+        self.id_dropout_features = list(self.id_dropout_features)
+        for name in ("dropout", "knowledge_dropout", "id_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 fail("ModelConfig", name, f"expected 0 <= {name} < 1, got {getattr(self, name)!r}")
         if not self.learning_rate > 0:
@@ -136,6 +144,10 @@ class ModelConfig:
         if self.uses_scenario_knowledge and not spec.scenario_knowledge_dim:
             fail("InputSpec", "scenario_knowledge_dim", f"knowledge={self.knowledge!r} needs scenario knowledge "
                                                         f"vectors (got width 0)")
+        missing = [name for name in self.id_dropout_features if name not in spec.categorical]
+        if self.id_dropout and missing:
+            fail("ModelConfig", "id_dropout_features", f"{missing} are not categorical features "
+                                                       f"({sorted(spec.categorical)})")
         if self.uses_item_knowledge and not spec.item_knowledge_dim:
             fail("InputSpec", "item_knowledge_dim", f"knowledge={self.knowledge!r} needs item knowledge vectors "
                                                     f"(got width 0: extract the item level)")
@@ -158,6 +170,10 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
     config.check_inputs(spec)
     inputs = model_inputs(config, spec)
     features = {name: inputs[name] for name in [*spec.categorical, *spec.dense]}
+    if config.id_dropout:
+        for name in config.id_dropout_features:  # the out-of-vocabulary slot is the last index
+            features[name] = IdDropout(spec.categorical[name] - 1, config.id_dropout,
+                                       name=f"{name}_dropout")(features[name])
     x = FeatureEmbedding(spec.categorical, config.embedding_dim, spec.dense, name="features")(features)
     meta = dict(projection_dim=config.projection_dim, rank=config.meta_rank,
                 generator_units=config.meta_generator_units)
