@@ -265,18 +265,3 @@ def copy_tree(source: str, target: str) -> None:
 
 def _bytes_feature(value: str) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode()]))
-
-
-def dataset_fingerprint(dataset_dir: str) -> str:
-    """Content hash of a canonical data set folder (names, sizes and bytes of its files)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(dataset_dir)):
-        path = os.path.join(dataset_dir, name)
-        if os.path.isfile(path):
-            digest.update(name.encode())
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()[:16]

@@ -11,6 +11,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from llm4msr.pipeline import components, metrics
+from llm4msr.pipeline.data.canonical import dataset_fingerprint
 from llm4msr.pipeline.config import PipelineConfig
 from llm4msr.transform.preprocessing import SLICES
 
@@ -21,7 +22,7 @@ BLESSING_SLICES = [tfma.SlicingSpec(), SCENARIO_SLICE]  # overall and every scen
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     dataset_dir = str(pathlib.Path(config.dataset_dir).resolve())
-    fingerprint = components.dataset_fingerprint(dataset_dir)
+    fingerprint = dataset_fingerprint(dataset_dir)
     scenario_ids = _scenario_ids(dataset_dir)
 
     example_gen = components.CanonicalExampleGen(dataset_dir=dataset_dir, dataset_fingerprint=fingerprint)

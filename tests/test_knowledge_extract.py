@@ -1,6 +1,10 @@
 """The Beam extraction job: artifact, cache hits and misses, new users, resume after a failure,
-cache isolation between models and templates, the causal-LM path and the CLI."""
+cache isolation between models and templates, a rerun on unchanged inputs, the causal-LM path
+and the CLI."""
+import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,7 +16,8 @@ from llm4msr.pipeline.data import canonical
 from llm4msr.pipeline.data.prepare import prepare
 from llm4msr.pipeline.knowledge import llm
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, LEVELS, SCENARIO, USER, read_knowledge
-from llm4msr.pipeline.knowledge.extract import LOCAL_INFERENCE_WORKER, extract_knowledge, pipeline_args
+from llm4msr.pipeline.knowledge.beam_job import LOCAL_INFERENCE_WORKER, pipeline_args
+from llm4msr.pipeline.knowledge.extract import extract_knowledge
 from llm4msr.pipeline.knowledge.templates import DEFAULT_DIR
 from test_knowledge_encoder import build_tiny_gpt2
 
@@ -74,6 +79,31 @@ def test_two_runs_hit_the_cache_and_write_a_complete_artifact(data, tmp_path):
     assert np.dot(direct[0], two.users["2"].vector) > 0.9999 and np.dot(direct[1], two.scenarios["S1"].vector) > 0.9999
 
 
+def test_a_rerun_on_the_same_inputs_does_nothing_and_loads_neither_beam_nor_tensorflow(small, tmp_path):
+    first = run(small, tmp_path / "out", tmp_path / "cache")
+    assert first["up_to_date"] == 0
+    before = read_knowledge(tmp_path / "out")
+    script = ("import sys, json; from llm4msr.pipeline.knowledge.extract import extract_knowledge; "
+              f"counts = extract_knowledge({str(small)!r}, {str(tmp_path / 'out')!r}, "
+              f"cache_dir={str(tmp_path / 'cache')!r}, levels=['user', 'scenario'], progress=False); "
+              "print(json.dumps([counts, [m for m in ('apache_beam', 'tensorflow') if m in sys.modules]]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    counts, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["up_to_date"] == 1 and counts["inferences"] == 0 and loaded == []
+    assert counts["prompts"] == counts["cache_hits"] == first["prompts"]
+    assert read_knowledge(tmp_path / "out").metadata == before.metadata  # untouched
+    # changed data, another level set, or force: the job runs (all from the cache here)
+    dataset = canonical.read_dataset(small)
+    dataset.items.loc[dataset.items.index[0], "title"] = "Another Title (1999)"
+    canonical.write_dataset(dataset, tmp_path / "edited")
+    def up_to_date(levels=(USER, SCENARIO), **options):
+        return run(tmp_path / "edited", tmp_path / "out", tmp_path / "cache", levels=levels, **options)["up_to_date"]
+    assert up_to_date() == 0
+    assert up_to_date(levels=LEVELS) == 0
+    assert up_to_date(levels=LEVELS) == 1
+    assert up_to_date(levels=LEVELS, force=True) == 0
+
+
 def test_new_users_cost_only_their_own_prompts(small, tmp_path):
     full = canonical.read_dataset(small)
     newcomers = ["2", "5"]
@@ -105,7 +135,7 @@ def test_killed_run_resumes_where_it_stopped(small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(llm.Encoder, "embed", failing_embed)
     with pytest.raises(Exception, match="injected failure"):
-        run(small, tmp_path / "out", tmp_path / "cache", batch_size=2)
+        run(small, tmp_path / "out", tmp_path / "cache", batch_size=2, force=True)  # same inputs: forced
     finished = sum(calls[:2])
     assert finished == 4
     assert (tmp_path / "out" / "marker").exists()  # the old artifact is untouched, never half-written
@@ -113,7 +143,7 @@ def test_killed_run_resumes_where_it_stopped(small, tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging left over
 
     monkeypatch.setattr(llm.Encoder, "embed", original)
-    resumed = run(small, tmp_path / "out", tmp_path / "cache", batch_size=2)
+    resumed = run(small, tmp_path / "out", tmp_path / "cache", batch_size=2, force=True)
     assert resumed["inferences"] == unique_prompts(tmp_path / "out") - finished
     assert resumed["cache_hits"] == finished
     assert set(read_knowledge(tmp_path / "out").users) == set(before.users)
@@ -199,7 +229,7 @@ def test_bad_input_is_reported_without_traceback(data, tmp_path, capsys):
 def test_default_local_run_embeds_in_a_onednn_worker_process(small, tmp_path):
     """Without Beam flags the job runs its inference in one worker process with oneDNN on (this
     process keeps it off), and the vectors equal those embedded in this process."""
-    from llm4msr.pipeline.knowledge.extract import _onednn_enabled
+    from llm4msr.pipeline.knowledge.beam_job import _onednn_enabled
 
     # This process reads its oneDNN switch first, as a trainer that loaded TensorFlow has: whether an
     # earlier test happened to load TensorFlow must not decide what this test sees. TensorFlow's own

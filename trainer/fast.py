@@ -247,7 +247,7 @@ def transform_config(dataset: Dataset, knowledge_reduction: int = 0) -> dict:
 
 
 def _transform_key(dataset: Dataset, knowledge_reduction: int = 0, tables: Optional[Dict[str, tuple]] = None) -> str:
-    from llm4msr.pipeline.components import dataset_fingerprint
+    from llm4msr.pipeline.data.canonical import dataset_fingerprint
 
     config = {**transform_config(dataset, knowledge_reduction), "dataset_dir": dataset_fingerprint(dataset.folder)}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())

@@ -4,7 +4,9 @@ Every later stage reads a data set only through `read_dataset`, so the checks he
 contract: ids are strings, labels 0/1, timestamps integers, scenarios listed in scenarios.json,
 items listed in items.csv, no duplicate (user, item, timestamp) rows.
 """
+import hashlib
 import json
+import os
 import pathlib
 import shutil
 from dataclasses import dataclass, field
@@ -179,3 +181,16 @@ def _read_users(path: pathlib.Path) -> pd.DataFrame:
 
 def _write_json(path: pathlib.Path, document) -> None:
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def dataset_fingerprint(dataset_dir: str) -> str:
+    """Content hash of a canonical data set folder (names, sizes and bytes of its files)."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(dataset_dir)):
+        path = os.path.join(dataset_dir, name)
+        if os.path.isfile(path):
+            digest.update(name.encode())
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]

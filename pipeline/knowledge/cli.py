@@ -25,6 +25,8 @@ def add_parser(subparsers) -> None:
                          help="knowledge levels to extract, comma-separated (user and scenario always; "
                               "item: one prompt per item of items.csv)")
     extract.add_argument("--no-progress", action="store_true", help="no progress bar")
+    extract.add_argument("--force", action="store_true",
+                         help="extract even when --out already holds the knowledge of the same inputs")
     extract.set_defaults(func=_extract)
 
     show = commands.add_parser("show", help="print the prompt, generated text and vector norm of one user, "
@@ -58,7 +60,12 @@ def _extract(args) -> int:
                                beam_pipeline_args=shlex.split(args.beam_args), progress=not args.no_progress,
                                backend=args.backend, max_new_tokens=args.max_new_tokens,
                                bucket_by_length=not args.no_bucketing,
-                               levels=[level.strip() for level in args.levels.split(",") if level.strip()])
+                               levels=[level.strip() for level in args.levels.split(",") if level.strip()],
+                               force=args.force)
+    if counts["up_to_date"]:
+        print(f"{args.out} is up to date (same data, model, templates and levels): {counts['prompts']} prompts, "
+              f"nothing to do, {counts['seconds']:.1f} s (--force redoes it)")
+        return 0
     print(f"wrote {args.out}: {counts['prompts']} prompts, {counts['cache_hits']} cache hits, "
           f"{counts['inferences']} inferences, {counts['seconds']:.1f} s, "
           f"{counts['prompts_per_second']:.1f} prompts/s")

@@ -1,283 +1,98 @@
-"""The knowledge extraction job on Beam:
+"""Knowledge extraction: build the prompts, run the Beam job (`beam_job`) on what the artifact
+needs, and publish the artifact atomically: `out_dir` is either the previous complete artifact or
+the new one.
 
-prompts (built from the train split) -> cache key -> cache lookup
-  -> hits: grouped by cache chunk, each chunk read once
-  -> misses: deduplicated, batched by token length, embedded by one shared model per worker,
-     each finished batch written to the cache as it completes
--> joined back to users and scenarios -> Parquet shards (artifact.SCHEMA) in a staging folder
--> renamed into place, so `out_dir` is either the previous complete artifact or the new one.
-
-On the local DirectRunner, a job with prompts to embed runs in one worker process (TF already uses
-both cores for one batch) started with TensorFlow's oneDNN kernels switched on: on AMD CPUs TF
-leaves them off, and they make the encoder ~1.6x faster (bench/bench_knowledge.py measures both).
-TF reads the switch once per process; the rest of the product keeps TF's default until its effect
-on training and serving is measured. `--direct_running_mode=in_memory` keeps the job in the calling
-process (tests, debugging).
+An artifact records the inputs it was made from (data set contents, model fingerprint, template
+versions, levels, and the prompt-building code). A rerun on the same inputs finds the artifact
+current and does nothing: no Beam, no TensorFlow, no tokenizer (a second or less on
+ml-latest-small, where rebuilding the prompts alone takes seconds).
 """
-import contextlib
 import datetime
-import os
+import hashlib
+import json
 import pathlib
 import shutil
-import sys
-import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-import apache_beam as beam
-import numpy as np
 import pyarrow.parquet as pq
-from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-from apache_beam.utils.shared import Shared
 
 from llm4msr.files import replace_dir, staging_dir
-from llm4msr.pipeline.data.canonical import read_dataset
-from llm4msr.pipeline.knowledge import artifact
-from llm4msr.pipeline.knowledge.cache import KnowledgeCache, cache_key, default_cache_dir
-from llm4msr.pipeline.knowledge.llm import ModelSpec, load_backend, load_tokenizer, resolve_model, token_counter
-from llm4msr.pipeline.knowledge.prompts import Prompt, build_prompts
+from llm4msr.pipeline.data.canonical import dataset_fingerprint, read_dataset
+from llm4msr.pipeline.knowledge import artifact, prompts as prompts_module, templates as templates_module
+from llm4msr.pipeline.knowledge.cache import KnowledgeCache, default_cache_dir
+from llm4msr.pipeline.knowledge.llm import ModelSpec, load_tokenizer, resolve_model, token_counter
+from llm4msr.pipeline.knowledge.prompts import build_prompts
 from llm4msr.pipeline.knowledge.templates import combined_version, load_templates
-
-NAMESPACE = "llm4msr.knowledge"
-LOCAL_INFERENCE_WORKER = ["--direct_running_mode=multi_processing", "--direct_num_workers=1"]
-INFERENCE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # a value the user set wins
 
 
 def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=None, templates=None,
                       batch_size: int = 64, beam_pipeline_args: Optional[Sequence[str]] = None,
                       progress: bool = True, backend: Optional[str] = None, max_length: Optional[int] = None,
                       max_new_tokens: int = 64, bucket_by_length: bool = True,
-                      levels: Sequence[str] = artifact.LEVELS) -> Dict[str, float]:
+                      levels: Sequence[str] = artifact.LEVELS, force: bool = False) -> Dict[str, float]:
     """Builds every prompt of the data set at `levels` (user and scenario, and item unless left
     out), embeds what the cache does not hold and writes the knowledge artifact to `out_dir`
-    atomically. Returns counts: prompts,
-    cache_hits, inferences (prompts run through the model, deduplicated), tokens (their tokens),
-    inference_seconds, seconds and prompts_per_second."""
+    atomically, unless `out_dir` already holds the artifact of the same inputs (`force` redoes it).
+    Returns counts: prompts, cache_hits, inferences (prompts run through the model, deduplicated),
+    tokens (their tokens), inference_seconds, seconds, prompts_per_second, and up_to_date (1 when
+    nothing had to be done)."""
     started = time.time()
     spec = resolve_model(model, backend=backend, max_length=max_length, max_new_tokens=max_new_tokens)
     loaded = load_templates(templates)
+    out_dir = pathlib.Path(out_dir)
+    inputs = _inputs(spec, loaded, dataset_dir, levels)
+    current = None if force else _current_counts(out_dir, inputs, started)
+    if current is not None:
+        return current
+    from llm4msr.pipeline.knowledge import beam_job  # imports Beam (seconds): only when there is work
+
     prompts = build_prompts(read_dataset(dataset_dir), loaded, token_counter(load_tokenizer(spec)),
                             spec.prompt_budget, levels)
     cache = KnowledgeCache(cache_dir or default_cache_dir(), spec.fingerprint)
-    cached = cache.index()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(out_dir)
     try:
-        pending = len({_key(p) for p in prompts} - set(cached))
-        options = PipelineOptions(pipeline_args(beam_pipeline_args, pending))
-        pipeline = beam.Pipeline(options=options)
-        _ = pipeline | ExtractKnowledge(prompts, cached, spec, cache, str(staging), batch_size, bucket_by_length,
-                                        levels)
-        in_memory = options.view_as(DirectOptions).direct_running_mode == "in_memory"
-        worker_variables = {} if in_memory else INFERENCE_ENVIRONMENT  # never this process's own
-        with _ProgressBar(cache, pending, enabled=progress), _worker_environment(worker_variables):
-            result = pipeline.run()
-            result.wait_until_finish()
-        counts = _counts(result, prompts, cached, started)
-        artifact.write_metadata(staging, _metadata(spec, loaded, dataset_dir, staging, counts, levels))
+        counts = {**beam_job.run_job(prompts, cache, staging, spec, batch_size, bucket_by_length, levels,
+                                     beam_pipeline_args, progress, started), "up_to_date": 0}
+        artifact.write_metadata(staging, _metadata(spec, loaded, dataset_dir, staging, counts, levels, inputs))
         replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return counts
 
 
-def pipeline_args(args: Optional[Sequence[str]], pending: int) -> List[str]:
-    """The user's Beam flags; on the local DirectRunner without a running mode, one worker process
-    when there is something to embed (it costs ~20 s to start: a fully cached run stays here)."""
-    args = list(args or [])
-    local = PipelineOptions(args).view_as(StandardOptions).runner in (None, "DirectRunner")
-    if local and not any(a.startswith("--direct_running_mode") for a in args):
-        defaults = LOCAL_INFERENCE_WORKER if pending else ["--direct_running_mode=in_memory"]
-        args += [flag for flag in defaults if not any(a.startswith(flag.split("=")[0]) for a in args)]
-    return args
+def _inputs(spec: ModelSpec, templates, dataset_dir, levels: Sequence[str]) -> dict:
+    """Everything the artifact's contents depend on; the prompt code is hashed too, so a changed
+    prompt builder is not mistaken for an unchanged input."""
+    code = hashlib.sha256()
+    for module in (prompts_module, templates_module):
+        code.update(pathlib.Path(module.__file__).read_bytes())
+    return {"dataset": dataset_fingerprint(dataset_dir), "model": spec.fingerprint,
+            "templates": combined_version(templates), "levels": sorted(levels),
+            "prompt_code": code.hexdigest()[:16]}
 
 
-@contextlib.contextmanager
-def _worker_environment(variables: Dict[str, str]):
-    """Sets the variables the caller has not set while the job starts its worker processes (they
-    inherit `os.environ`). TensorFlow reads the oneDNN switch once, at its first use: a loaded
-    TensorFlow reads it here first, so this process keeps its setting (the trainer's) whatever runs
-    in it meanwhile; one not loaded yet is left alone (importing it costs ~10 s)."""
-    if "tensorflow" in sys.modules:
-        _onednn_enabled()
-    added = {name: value for name, value in variables.items() if name not in os.environ}
-    os.environ.update(added)
+def _current_counts(out_dir: pathlib.Path, inputs: dict, started: float) -> Optional[Dict[str, float]]:
+    """The counts of a rerun that finds `out_dir` current (None when it must be made)."""
     try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
+        metadata = json.loads((out_dir / artifact.METADATA).read_text())
+    except (OSError, ValueError):
+        return None
+    whole = all(any((out_dir / level).glob("*.parquet")) for level in inputs["levels"])
+    if metadata.get("inputs") != inputs or metadata.get("format") != artifact.FORMAT_VERSION or not whole:
+        return None
+    prompts, seconds = int(metadata.get("counts", {}).get("prompts", 0)), time.time() - started
+    return {"prompts": prompts, "cache_hits": prompts, "inferences": 0, "tokens": 0, "inferences_with_onednn": 0,
+            "inference_seconds": 0.0, "inference_cpu_seconds": 0.0, "seconds": round(seconds, 3),
+            "prompts_per_second": round(prompts / max(seconds, 1e-9), 2), "up_to_date": 1}
 
 
-class ExtractKnowledge(beam.PTransform):
-    """The whole job as one composite transform (root: it creates its own inputs)."""
-
-    def __init__(self, prompts: List[Prompt], cached: Dict[str, str], spec: ModelSpec, cache: KnowledgeCache,
-                 out_dir: str, batch_size: int, bucket_by_length: bool, levels: Sequence[str] = artifact.LEVELS):
-        super().__init__()
-        self.prompts, self.cached, self.spec, self.cache = prompts, cached, spec, cache
-        self.out_dir, self.batch_size, self.bucket_by_length = out_dir, batch_size, bucket_by_length
-        self.levels = list(levels)
-
-    def expand(self, pbegin):
-        keyed = (pbegin | "Prompts" >> beam.Create(self.prompts)
-                 | "CacheKey" >> beam.Map(lambda prompt: (_key(prompt), prompt)))
-        misses, hits = keyed | "CacheLookup" >> beam.Partition(
-            lambda element, _, cached: int(element[0] in cached), 2, cached=self.cached)
-        computed = (misses
-                    | "Unique" >> beam.Map(lambda kv: (kv[0], kv[1].text, kv[1].n_tokens)) | beam.Distinct()
-                    | "Batch" >> LengthBatches(self.batch_size, self.bucket_by_length)
-                    | "Embed" >> beam.ParDo(EmbedBatch(self.spec, self.cache, Shared())))
-        reused = (hits
-                  | "ByChunk" >> beam.Map(lambda kv, cached: (cached[kv[0]], kv[0]), cached=self.cached)
-                  | "GroupByChunk" >> beam.GroupByKey()
-                  | "ReadCache" >> beam.ParDo(ReadCachedChunk(self.cache)))
-        rows = ({"prompt": keyed, "result": (computed, reused) | beam.Flatten()}
-                | "Join" >> beam.CoGroupByKey() | "Rows" >> beam.FlatMap(_rows))
-        for level in self.levels:
-            _ = (rows | f"Only{level}" >> beam.Filter(lambda row, lv: row[0] == lv, level)
-                 | f"Drop{level}" >> beam.Map(lambda row: row[1])
-                 | f"Write{level}" >> beam.io.WriteToParquet(
-                        os.path.join(self.out_dir, level, "part"), artifact.SCHEMA, file_name_suffix=".parquet"))
-        return rows
-
-
-class LengthBatches(beam.PTransform):
-    """(key, text, n_tokens) -> lists of at most `batch_size`. Bucketed: all pending prompts sorted
-    by length, so each batch pads to a similar length (padding is most of the waste on CPU)."""
-
-    def __init__(self, batch_size: int, bucket_by_length: bool = True):
-        super().__init__()
-        self.batch_size, self.bucket_by_length = int(batch_size), bucket_by_length
-
-    def expand(self, prompts):
-        if not self.bucket_by_length:
-            return prompts | beam.BatchElements(min_batch_size=self.batch_size, max_batch_size=self.batch_size)
-        return (prompts | "All" >> beam.combiners.ToList()
-                | "SortedBatches" >> beam.FlatMap(_sorted_batches, self.batch_size)
-                | "Spread" >> beam.Reshuffle())  # batches spread over workers when there are several
-
-
-def _sorted_batches(prompts, batch_size: int):
-    ordered = sorted(prompts, key=lambda p: (-p[2], p[0]))  # longest first: peak memory shows early
-    for start in range(0, len(ordered), batch_size):
-        yield ordered[start:start + batch_size]
-
-
-class EmbedBatch(beam.DoFn):
-    """Embeds one batch with the worker's shared model, writes it to the cache, emits (key, (vector, text))."""
-
-    def __init__(self, spec: ModelSpec, cache: KnowledgeCache, shared: Shared):
-        self.spec, self.cache, self.shared = spec, cache, shared
-        self.inferences = Metrics.counter(NAMESPACE, "inferences")
-        self.tokens = Metrics.counter(NAMESPACE, "tokens")
-        self.millis = Metrics.counter(NAMESPACE, "inference_ms")
-        self.cpu_millis = Metrics.counter(NAMESPACE, "inference_cpu_ms")  # all threads: robust to a busy machine
-        self.onednn = Metrics.counter(NAMESPACE, "inferences_with_onednn")
-
-    def process(self, batch):
-        # acquired on the first batch, not in setup(): a fully cached run never loads the model
-        model = self.shared.acquire(lambda: load_backend(self.spec), tag=self.spec.fingerprint)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        vectors, texts = model.embed([text for _, text, _ in batch])
-        keys = [key for key, _, _ in batch]
-        self.cache.write(keys, vectors, texts)
-        self.millis.inc(int(1000 * (time.perf_counter() - started)))
-        self.cpu_millis.inc(int(1000 * (time.process_time() - cpu_started)))
-        self.inferences.inc(len(batch))
-        if _onednn_enabled():
-            self.onednn.inc(len(batch))
-        self.tokens.inc(sum(min(n, self.spec.prompt_budget) for _, _, n in batch))
-        for key, vector, text in zip(keys, vectors, texts):
-            yield key, (vector, text)
-
-
-class ReadCachedChunk(beam.DoFn):
-    def __init__(self, cache: KnowledgeCache):
-        self.cache = cache
-
-    def process(self, chunk_and_keys):
-        chunk, keys = chunk_and_keys
-        for key, vector, text in self.cache.read(chunk, keys):
-            yield key, (vector, text)
-
-
-def _onednn_enabled() -> bool:
-    from tensorflow.python.util import _pywrap_util_port
-
-    return bool(_pywrap_util_port.IsMklEnabled())
-
-
-def _key(prompt: Prompt) -> str:
-    return cache_key(prompt.template_version, prompt.prompt_hash)
-
-
-def _rows(joined):
-    key, grouped = joined
-    results = list(grouped["result"])
-    if not results:
-        raise RuntimeError(f"no vector for cache key {key}")  # a bug, never bad input
-    vector, text = results[0]
-    for prompt in grouped["prompt"]:
-        yield prompt.level, {"id": prompt.id, "vector": np.asarray(vector, np.float32).tolist(),
-                             "prompt": prompt.text, "prompt_hash": prompt.prompt_hash, "text": text}
-
-
-def _counts(result, prompts: List[Prompt], cached: Dict[str, str], started: float) -> Dict[str, float]:
-    seconds = time.time() - started
-    counters = {r.key.metric.name: r.committed for r in
-                result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]}
-    return {"prompts": len(prompts), "cache_hits": sum(_key(p) in cached for p in prompts),
-            "inferences": int(counters.get("inferences", 0)), "tokens": int(counters.get("tokens", 0)),
-            "inferences_with_onednn": int(counters.get("inferences_with_onednn", 0)),
-            "inference_seconds": round(counters.get("inference_ms", 0) / 1000, 3),
-            "inference_cpu_seconds": round(counters.get("inference_cpu_ms", 0) / 1000, 3),
-            "seconds": round(seconds, 3), "prompts_per_second": round(len(prompts) / max(seconds, 1e-9), 2)}
-
-
-def _metadata(spec: ModelSpec, templates, dataset_dir, staging: pathlib.Path, counts, levels) -> dict:
+def _metadata(spec: ModelSpec, templates, dataset_dir, staging: pathlib.Path, counts, levels, inputs) -> dict:
     first_shard = sorted((staging / artifact.SCENARIO).glob("*.parquet"))[0]
     dim = len(pq.read_table(first_shard, columns=["vector"]).column("vector")[0].as_py())
     return {"fingerprint": spec.fingerprint, "template_version": combined_version(templates),
             "templates": {level: {"path": t.path, "version": t.version} for level, t in templates.items()},
             "dim": dim, "model": spec.describe(), "dataset": str(dataset_dir), "counts": counts,
-            "levels": list(levels),
+            "levels": list(levels), "inputs": inputs,
             "cold_start_id": artifact.COLD_START_ID,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-class _ProgressBar:
-    """A tqdm bar fed by the cache chunks appearing on disk: works whatever process runs the batches."""
-
-    def __init__(self, cache: KnowledgeCache, total: int, enabled: bool):
-        self.cache, self.total, self.enabled = cache, total, enabled and total > 0
-        self._stop = threading.Event()
-
-    def __enter__(self):
-        if self.enabled:
-            self._baseline = self._finished()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._stop.set()
-            self._thread.join()
-
-    def _finished(self) -> int:
-        return self.cache.finished_prompts() if self.cache.folder.exists() else 0
-
-    def _poll(self):
-        from tqdm import tqdm
-
-        with tqdm(total=self.total, unit="prompt", desc="knowledge", dynamic_ncols=True) as bar:
-            while True:
-                stopping = self._stop.wait(0.5)
-                done = self._finished() - self._baseline
-                bar.update(min(done, self.total) - bar.n)
-                if stopping:
-                    break
