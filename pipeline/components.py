@@ -118,7 +118,7 @@ def KnowledgeExtractor(
 def _beam_args(beam_pipeline: beam.Pipeline):
     """The pipeline's Beam options as flags for the nested knowledge job. The local DirectRunner's
     worker settings are dropped: the job picks its own (one inference worker with oneDNN, see
-    `llm4msr.pipeline.knowledge.extract`), as the encoder's TF threads already use every core."""
+    `llm4msr.pipeline.knowledge.beam_job`), as the encoder's TF threads already use every core."""
     options = beam_pipeline.options.get_all_options(drop_default=True)
     if options.get("runner") in (None, "DirectRunner"):
         options = {k: v for k, v in options.items() if not k.startswith("direct_")}
