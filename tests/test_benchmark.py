@@ -172,3 +172,40 @@ def test_key_slices_and_the_target_use_the_mode_chosen_on_eval(tmp_path):
     assert "new users (no train row) (`user_history=0`)" in report
     assert "| dnn | both | **+0.0700 ± 0.0000** |" in report  # the key-slice lift, beyond 2σ
     assert "| dnn | user | +0.0010 vs 2σ" in report and "missed" in report
+
+
+def test_select_keeps_per_cell_the_candidate_best_on_eval_never_on_test(finished_grid, tmp_path, capsys):
+    """Two candidate grids (the finished one and a copy with other model settings): each cell keeps
+    the candidate with the better mean eval AUC, even where the other is better on test."""
+    import json
+    import shutil
+
+    other = tmp_path / "idd0.5"
+    shutil.copytree(finished_grid, other)
+    grid = json.loads((other / "grid.json").read_text())
+    grid["settings"]["model"] = {"id_dropout": 0.5}
+    (other / "grid.json").write_text(json.dumps(grid))
+    table = pd.read_csv(other / "results.csv")
+    star_both = (table["backbone"] == "star") & (table["knowledge"] == "both")
+    table.loc[star_both, "eval_auc"] += 0.01  # better on eval in this cell only ...
+    table.loc[star_both, "test_auc"] -= 0.05  # ... and worse on test: still chosen
+    table.loc[~star_both, "eval_auc"] -= 0.01
+    table.to_csv(other / "results.csv", index=False)
+
+    out = tmp_path / "selected"
+    assert main(["benchmark", "--select-from", f"{finished_grid},{other}", "--out", str(out)]) == 0
+    selected = pd.read_csv(out / "results.csv")
+    assert len(selected) == 8
+    chosen = selected.groupby(["backbone", "knowledge"])["selected_from"].first().to_dict()
+    assert chosen == {("star", "both"): "idd0.5", ("star", "none"): "out", ("dnn", "none"): "out",
+                      ("dnn", "both"): "out"}
+    record = json.loads((out / "grid.json").read_text())["selection"]
+    assert record["candidates"]["idd0.5"] == {"id_dropout": 0.5}
+    assert set(record["choice"]["star"]["both"]["eval_auc"]) == {"out", "idd0.5"}
+    assert "Settings chosen per backbone and mode on eval" in (out / "results.md").read_text()
+
+    grid["settings"]["epochs"] = 7  # not only the model differs: refused
+    (other / "grid.json").write_text(json.dumps(grid))
+    assert main(["benchmark", "--select-from", f"{finished_grid},{other}", "--out", str(tmp_path / "x")]) != 0
+    error = capsys.readouterr().err
+    assert "differs from" in error and "epochs" in error

@@ -382,6 +382,49 @@ def _execute(spec: GridSpec, todo, need_knowledge):
 # ---------------------------------------------------------------------------------------------
 # Summaries
 
+def select_on_eval(grid_dirs: Sequence, out_dir) -> pd.DataFrame:
+    """Per-mode tuning within the rules: grids that differ only in their model settings (one
+    candidate each, e.g. `--set id_dropout=0.2`) are merged into one grid in which every
+    (backbone, knowledge mode) keeps the candidate with the best mean eval AUC over seeds; test is
+    never looked at. Every cell gets the same search. `out_dir/grid.json` records the candidates,
+    each cell's eval AUC per candidate and the choice; `results.csv` and `results.md` follow."""
+    grids = [(pathlib.Path(d), json.loads((pathlib.Path(d) / GRID_JSON).read_text())) for d in grid_dirs]
+    tables = [read_results(d) for d, _ in grids]
+    if len(grids) < 2 or any(t.empty for t in tables):
+        raise UserFacingError(f"select: needs two or more finished grids (got {[str(d) for d, _ in grids]})")
+    shared = ("data_fingerprint", "knowledge_fingerprint", "epochs", "batch_size", "patience", "knowledge_reduction")
+    first = grids[0][1]["settings"]
+    for folder, grid in grids[1:]:
+        differs = [k for k in shared if grid["settings"].get(k) != first.get(k)]
+        if differs:
+            raise UserFacingError(f"select: {folder} differs from {grids[0][0]} in {differs}, not only the model")
+    choice, rows = {}, []
+    for (backbone, mode), _ in tables[0].groupby(["backbone", "knowledge"], sort=False):
+        scores = {}
+        for (folder, _), table in zip(grids, tables):
+            cell = table[(table["backbone"] == backbone) & (table["knowledge"] == mode)]
+            if not cell.empty:
+                scores[folder.name] = (float(cell["eval_auc"].mean()), len(cell), cell)
+        seeds = max(n for _, n, _ in scores.values())
+        complete = {name: score for name, score in scores.items() if score[1] == seeds}  # same seeds for all
+        best = max(complete, key=lambda name: complete[name][0])
+        rows += complete[best][2].assign(selected_from=best).to_dict("records")
+        choice.setdefault(backbone, {})[mode] = {
+            "from": best, "eval_auc": {name: round(score[0], 5) for name, score in scores.items()}}
+    candidates = {folder.name: grid["settings"]["model"] for folder, grid in grids}
+    settings = {**first, "model": {"selected per cell on eval from": candidates}}
+    document = {"settings": settings, "selection": {"rule": "best mean eval AUC over seeds, per backbone and mode",
+                                                    "candidates": candidates, "choice": choice},
+                "backbones": _ordered(tables[0]["backbone"], []), "modes": _ordered(tables[0]["knowledge"], MODE_ORDER),
+                "seeds": sorted(tables[0]["seed"].unique().tolist())}
+    out_dir = pathlib.Path(out_dir)
+    write_atomic(out_dir / GRID_JSON, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    write_results(out_dir, rows)
+    table = read_results(out_dir)
+    write_report(table, out_dir)
+    return table
+
+
 def scenarios_of(table: pd.DataFrame, split: str = "test") -> List[str]:
     prefix = f"{split}_"
     names = []
@@ -532,6 +575,16 @@ def _slice_sections(table: pd.DataFrame, backbones, modes) -> List[str]:
     return out
 
 
+def _selection_table(selection: dict, backbones, modes) -> str:
+    """Which candidate each cell kept (`select_on_eval`), with the candidates' model settings."""
+    names = list(selection["candidates"])
+    lines = [f"Settings chosen per backbone and mode on eval ({selection['rule']}); candidates: "
+             + "; ".join(f"`{name}` = `{json.dumps(selection['candidates'][name])}`" for name in names) + ".", ""]
+    rows = [[backbone] + [selection["choice"].get(backbone, {}).get(mode, {}).get("from", "") for mode in modes]
+            for backbone in backbones]
+    return "\n".join(lines) + _markdown_table(["backbone", *modes], rows)
+
+
 def _fmt(mean, std, digits=4) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
@@ -577,6 +630,8 @@ def render_markdown(table: pd.DataFrame, spec: Optional[GridSpec] = None, wall_s
     out += [f"{len(table)} runs ({len(backbones)} backbones × {len(modes)} knowledge modes × seeds "
             f"{', '.join(map(str, seeds))}){'' if len(table) == expected else f' — {expected - len(table)} missing'}; "
             f"mean ± sample std (ddof 1) over seeds; test split, scored once per run."]
+    if (grid or {}).get("selection"):
+        out += ["", _selection_table(grid["selection"], backbones, modes)]
     if wall_seconds is not None:
         out += [f"Wall time of this invocation: {wall_seconds / 60:.1f} min; train seconds summed over runs: "
                 f"{table['train_seconds'].sum() / 60:.1f} min."]

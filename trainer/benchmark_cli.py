@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
         description="Train every backbone with every knowledge mode and seed (fast path, no TFX) and report "
                     "test metrics overall and per scenario, mean ± std over seeds and the lift of each "
                     "knowledge mode over none. Resumes: runs already in OUT/results.csv are skipped.")
-    bench.add_argument("--data", required=True, help="canonical data set folder (`llm4msr data prepare --out`)")
+    bench.add_argument("--data", help="canonical data set folder (`llm4msr data prepare --out`); needed to run")
     bench.add_argument("--knowledge-dir", help="knowledge folder (`llm4msr knowledge extract --out`); "
                                                "needed unless --knowledge none")
     bench.add_argument("--backbones", default="dnn,shared_bottom,mmoe,ple,star", help="comma-separated")
@@ -42,6 +42,9 @@ def add_parser(subparsers) -> None:
     bench.add_argument("--overwrite", action="store_true",
                        help="discard OUT/results.csv instead of resuming (needed when settings changed)")
     bench.add_argument("--report-only", action="store_true", help="rewrite results.md and plots from results.csv")
+    bench.add_argument("--select-from", metavar="DIR,DIR,...",
+                       help="merge finished grids that differ only in model settings into --out, keeping per "
+                            "backbone and mode the one with the best mean eval AUC (recorded in grid.json)")
     bench.set_defaults(func=_benchmark)
 
 
@@ -66,6 +69,10 @@ def _model_overrides(args) -> dict:
 def _benchmark(args) -> int:
     from llm4msr.trainer import benchmark
 
+    if args.select_from:
+        table = benchmark.select_on_eval(_names(args.select_from), args.out)
+        print(f"wrote {args.out}: {len(table)} runs selected on eval from {args.select_from}")
+        return 0
     if args.report_only:
         table = benchmark.read_results(args.out)
         if table.empty:
@@ -73,6 +80,8 @@ def _benchmark(args) -> int:
         benchmark.write_report(table, args.out)
         print(f"wrote {args.out}/{benchmark.RESULTS_MD} and plots from {len(table)} runs")
         return 0
+    if not args.data:
+        raise UserFacingError("benchmark: --data is needed to run a grid")
     if args.seed_list:
         try:
             seeds = [int(s) for s in _names(args.seed_list)]
