@@ -104,6 +104,24 @@ def test_a_rerun_on_the_same_inputs_does_nothing_and_loads_neither_beam_nor_tens
     assert up_to_date(levels=LEVELS, force=True) == 0
 
 
+def test_damaged_cache_chunks_are_discarded_and_recomputed(small, tmp_path, caplog):
+    run(small, tmp_path / "k1", tmp_path / "cache", batch_size=4)
+    chunks = sorted((tmp_path / "cache").glob("*/*.npz"))
+    assert len(chunks) >= 3
+    truncated, flipped = chunks[0], chunks[1]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the vectors: only a full read's CRC check sees it
+    flipped.write_bytes(bytes(data))
+    lost = sum(int(p.stem.rsplit("-n", 1)[1]) for p in (truncated, flipped))
+    again = run(small, tmp_path / "k2", tmp_path / "cache", batch_size=4)
+    assert again["discarded_cache_chunks"] == 2 and again["inferences"] == lost
+    assert truncated.name in caplog.text and flipped.name in caplog.text
+    one, two = read_knowledge(tmp_path / "k1"), read_knowledge(tmp_path / "k2")
+    for user, record in one.users.items():
+        np.testing.assert_allclose(two.users[user].vector, record.vector, atol=1e-5)
+
+
 def test_new_users_cost_only_their_own_prompts(small, tmp_path):
     full = canonical.read_dataset(small)
     newcomers = ["2", "5"]

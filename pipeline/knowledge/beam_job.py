@@ -51,7 +51,7 @@ def run_job(prompts: List[Prompt], cache: KnowledgeCache, out_dir: str, spec: Mo
     with _ProgressBar(cache, pending, enabled=progress), _worker_environment(worker_variables):
         result = pipeline.run()
         result.wait_until_finish()
-    return _counts(result, prompts, cached, started)
+    return {**_counts(result, prompts, cached, started), "discarded_cache_chunks": len(cache.discarded)}
 
 
 def pipeline_args(args: Optional[Sequence[str]], pending: int) -> List[str]:

@@ -6,12 +6,16 @@ An entry's key hashes the template version with the prompt hash, and entries liv
 fingerprint, so a vector can never be served for another model, template or prompt.
 """
 import hashlib
+import logging
 import os
 import pathlib
 import tempfile
-from typing import Dict, Iterable, Sequence, Tuple
+import zipfile
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DIR = pathlib.Path("~/.cache/llm4msr/knowledge")
 ENV_DIR = "LLM4MSR_KNOWLEDGE_CACHE"
@@ -29,15 +33,24 @@ class KnowledgeCache:
     def __init__(self, root, fingerprint: str):
         self.fingerprint = fingerprint
         self.folder = pathlib.Path(root).expanduser() / fingerprint
+        self.discarded: List[str] = []  # damaged chunks `index` removed (their prompts are embedded again)
 
     def index(self) -> Dict[str, str]:
-        """key -> name of the chunk holding it (reads only the keys of every chunk)."""
+        """key -> name of the chunk holding it. Every chunk is read whole, so its checksums are
+        verified: a truncated or corrupted chunk is removed (named in the log and in `discarded`),
+        and its prompts become misses to embed again."""
         located = {}
         for chunk in sorted(self.folder.glob("*.npz")):
-            with np.load(chunk) as stored:
-                if str(stored["fingerprint"]) != self.fingerprint:
-                    continue  # a chunk copied in by hand from another model: never served
-                located.update(dict.fromkeys(stored["keys"].tolist(), chunk.name))
+            try:
+                keys, matches = _verified_keys(chunk, self.fingerprint)
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+                log.warning("knowledge cache: discarding damaged chunk %s (%s: %s)", chunk,
+                            type(error).__name__, str(error)[:200])
+                chunk.unlink(missing_ok=True)
+                self.discarded.append(chunk.name)
+                continue
+            if matches:  # a chunk copied in by hand from another model is never served
+                located.update(dict.fromkeys(keys, chunk.name))
         return located
 
     def read(self, chunk_name: str, keys: Iterable[str]) -> Iterable[Tuple[str, np.ndarray, str]]:
@@ -67,3 +80,13 @@ class KnowledgeCache:
     def finished_prompts(self) -> int:
         """Prompts in the chunks present now (read from the names: cheap enough to poll)."""
         return sum(int(p.stem.rsplit("-n", 1)[1]) for p in self.folder.glob("*-n*.npz"))
+
+
+def _verified_keys(chunk: pathlib.Path, fingerprint: str) -> Tuple[List[str], bool]:
+    """The chunk's keys and whether it belongs to `fingerprint`; reading every member checks the
+    zip CRCs, and the shapes must agree."""
+    with np.load(chunk) as stored:
+        keys, vectors, texts = stored["keys"].tolist(), stored["vectors"], stored["texts"]
+        if vectors.ndim != 2 or len(vectors) != len(keys) or len(texts) != len(keys):
+            raise ValueError(f"{len(keys)} keys, vectors {vectors.shape}, {len(texts)} texts")
+        return keys, str(stored["fingerprint"]) == fingerprint

@@ -68,7 +68,9 @@ def _extract(args) -> int:
         return 0
     print(f"wrote {args.out}: {counts['prompts']} prompts, {counts['cache_hits']} cache hits, "
           f"{counts['inferences']} inferences, {counts['seconds']:.1f} s, "
-          f"{counts['prompts_per_second']:.1f} prompts/s")
+          f"{counts['prompts_per_second']:.1f} prompts/s"
+          + (f"; {counts['discarded_cache_chunks']} damaged cache chunks discarded and recomputed"
+             if counts["discarded_cache_chunks"] else ""))
     return 0
 
 

@@ -84,7 +84,8 @@ def _current_counts(out_dir: pathlib.Path, inputs: dict, started: float) -> Opti
     prompts, seconds = int(metadata.get("counts", {}).get("prompts", 0)), time.time() - started
     return {"prompts": prompts, "cache_hits": prompts, "inferences": 0, "tokens": 0, "inferences_with_onednn": 0,
             "inference_seconds": 0.0, "inference_cpu_seconds": 0.0, "seconds": round(seconds, 3),
-            "prompts_per_second": round(prompts / max(seconds, 1e-9), 2), "up_to_date": 1}
+            "prompts_per_second": round(prompts / max(seconds, 1e-9), 2), "discarded_cache_chunks": 0,
+            "up_to_date": 1}
 
 
 def _metadata(spec: ModelSpec, templates, dataset_dir, staging: pathlib.Path, counts, levels, inputs) -> dict:
