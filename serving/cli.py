@@ -63,6 +63,8 @@ def _recommend(args) -> int:
     from llm4msr.serving.client import ServingClient
     from llm4msr.serving.knowledge_store import PushedKnowledgeStore
 
+    if args.k < 1:
+        raise UserFacingError(f"--k must be at least 1, got {args.k}")
     titles = _titles(args.data)
     listed = _candidates(args.candidates, titles)
     store = PushedKnowledgeStore.latest(args.model_dir)
@@ -129,7 +131,11 @@ def _unseen_in_scenario(data_dir, user: str, scenario: str, candidates: list) ->
 
 def _candidates(path, titles: dict) -> list:
     if path:
-        lines = pathlib.Path(path).read_text().splitlines()  # "id" or "id,anything"; an item_id header is skipped
+        try:
+            lines = pathlib.Path(path).read_text().splitlines()  # "id" or "id,anything"; an item_id header is skipped
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserFacingError(f"--candidates {path}: cannot read it ({type(error).__name__}: "
+                                  f"{getattr(error, 'strerror', None) or error})") from None
         candidates = [line.split(",")[0].strip() for line in lines if line.strip()]
         candidates = [c for c in candidates if c != "item_id"]
     else:

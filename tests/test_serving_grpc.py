@@ -394,6 +394,17 @@ def test_recommend_without_candidates_is_a_clear_error(model_dir, capsys):
     assert code == 2 and "no candidates" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("arguments,message", [
+    (["--candidates", "/nonexistent/candidates.txt"], "--candidates /nonexistent/candidates.txt: cannot read it"),
+    (["--candidates", os.devnull, "--k", "-3"], "--k must be at least 1, got -3"),
+    (["--candidates", os.devnull, "--k", "0"], "--k must be at least 1, got 0"),
+])
+def test_recommend_refuses_bad_arguments_without_a_traceback(model_dir, arguments, message, capsys):
+    code = cli.main(["recommend", "--user", "3", "--scenario", "S1", "--model-dir", str(model_dir), *arguments])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error
+
+
 def test_recommend_names_the_server_error(model_dir, tmp_path, capsys):
     candidates = tmp_path / "candidates.txt"
     candidates.write_text("1\n2\n")
