@@ -31,6 +31,10 @@ def _prepare_error(folder, out) -> DataError:
     ("userId,movieId,timestamp\n1,1,100\n", MOVIES, "ratings.csv", 1, None, "missing column(s) rating"),
     (RATINGS.replace("2.0", "two"), MOVIES, "ratings.csv", 3, "rating", "cannot parse 'two' as a number"),
     (RATINGS.replace(",200", ",2x0"), MOVIES, "ratings.csv", 3, "timestamp", "as an integer"),
+    (RATINGS.replace(",200", ",99999999999999999999999"), MOVIES, "ratings.csv", 3, "timestamp",
+     "timestamp '99999999999999999999999' is out of range"),
+    (RATINGS.replace(",300", ",-5"), MOVIES, "ratings.csv", 4, "timestamp", "timestamp '-5' is out of range"),
+    (RATINGS.replace("2.0", "x" * 10_000_000), MOVIES, "ratings.csv", 3, "rating", "(10,000,000 characters)"),
     (RATINGS.replace("5.0", "7.5"), MOVIES, "ratings.csv", 4, "rating", "outside 0.5..5"),
     ("", MOVIES, "ratings.csv", None, None, "file is empty"),
     ("userId,movieId,rating,timestamp\n", MOVIES, "ratings.csv", None, None, "no data rows"),
@@ -42,7 +46,7 @@ def _prepare_error(folder, out) -> DataError:
 def test_movielens_bad_input(tmp_path, ratings, movies, file, line, field, words):
     error = _prepare_error(_latest(tmp_path, ratings, movies), tmp_path / "out")
     assert error.path.endswith(file) and error.line == line and error.field == field
-    assert words in str(error)
+    assert words in str(error) and len(str(error)) < 400  # a bad value is quoted by a short prefix
 
 
 def test_1m_wrong_separator_count_names_line(tmp_path):
@@ -68,6 +72,8 @@ def _canonical(tmp_path, interactions, scenarios=None):
     ("user_id,item_id,scenario,label\nu1,i1,feed,yes\n", None, "interactions.csv", 2, "label", "unknown label 'yes'"),
     ("user_id,item_id,scenario,label,timestamp\nu1,i1,feed,1,5\nu1,i1,feed,0,5\n", None, "interactions.csv", 3,
      "user_id,item_id,timestamp", "duplicate"),
+    ("user_id,item_id,scenario,label,timestamp\nu1,i1,feed,1,5\nu1,i2,feed,0,1e23\n", None, "interactions.csv", 3,
+     "timestamp", "timestamp '1e23' is out of range"),
     ("user_id,item_id,scenario,label\nu1,i1,feed,1\n", '{"scenarios": [{"id": "feed"}]}', "scenarios.json", None,
      "scenarios[0].name", "has no 'name'"),
     ("user_id,item_id,scenario,label\nu1,i1,feed,1\n", '{"scenarios": [', "scenarios.json", 1, None, "invalid JSON"),

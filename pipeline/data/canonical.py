@@ -165,7 +165,7 @@ def _read_interactions(path: pathlib.Path, scenario_ids: List[str], item_ids: se
     frame["scenario"] = table.choice("scenario", scenario_ids, "scenario id")
     frame["label"] = table.choice("label", ["0", "1"], "label").astype("int64")
     if "timestamp" in frame.columns:
-        frame["timestamp"] = table.numbers("timestamp", integer=True)
+        frame["timestamp"] = table.timestamps("timestamp")
         table.check_unique(["user_id", "item_id", "timestamp"], "(user, item, timestamp)")
     if "split" in frame.columns:
         frame["split"] = table.choice("split", list(ALL_SPLITS), "split")

@@ -104,7 +104,7 @@ def _ratings(table: Table, user: str, item: str) -> pd.DataFrame:
         position = int(out_of_range.to_numpy().nonzero()[0][0])
         table.fail(position, "rating", f"rating {rating.iloc[position]} is outside 0.5..5")
     ratings = pd.DataFrame({"user_id": table.strings(user), "item_id": table.strings(item),
-                            "rating": rating, "timestamp": table.numbers("timestamp", integer=True)})
+                            "rating": rating, "timestamp": table.timestamps("timestamp")})
     table.frame[["user_id", "item_id", "timestamp"]] = ratings[["user_id", "item_id", "timestamp"]]
     table.check_unique(["user_id", "item_id", "timestamp"], "(user, item, timestamp)")
     return ratings

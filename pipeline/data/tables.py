@@ -16,6 +16,17 @@ import pandas as pd
 
 from llm4msr.errors import DataError
 
+# Unix time in seconds or milliseconds: negatives and values that overflow int64 are refused, as they
+# would silently reorder the time split
+TIMESTAMP_RANGE = (0, 10 ** 13)
+QUOTED_PREFIX = 60  # characters of a bad value an error message repeats
+
+
+def quoted(value) -> str:
+    """`repr` of a bad value, cut to a short prefix (a 10 MB field must not flood stderr)."""
+    text = str(value)
+    return repr(text) if len(text) <= QUOTED_PREFIX else f"{text[:QUOTED_PREFIX]!r}... ({len(text):,} characters)"
+
 
 @dataclass
 class Table:
@@ -51,8 +62,20 @@ class Table:
             kind = "an integer" if integer else "a number"
             if raw.iloc[position] == "":  # also what pandas gives for a row with too few fields
                 self.fail(position, column, f"value is missing or empty (expected {kind})")
-            self.fail(position, column, f"cannot parse {raw.iloc[position]!r} as {kind}")
+            self.fail(position, column, f"cannot parse {quoted(raw.iloc[position])} as {kind}")
         return values.astype("int64") if integer else values.astype("float64")
+
+    def timestamps(self, column: str = "timestamp") -> pd.Series:
+        """Integer Unix times in `TIMESTAMP_RANGE` (seconds or milliseconds)."""
+        low, high = TIMESTAMP_RANGE
+        raw = self.frame[column].str.strip()
+        values = pd.to_numeric(raw, errors="coerce")  # floats first: an int64 cast would wrap around
+        bad = (values.notna() & ~((values >= low) & (values < high))).to_numpy()  # unparsable: `numbers` says so
+        if bad.any():
+            position = _first(bad)
+            self.fail(position, column, f"timestamp {quoted(raw.iloc[position])} is out of range (expected Unix "
+                                        f"time in seconds or milliseconds, {low} <= t < {high:.0e})")
+        return self.numbers(column, integer=True)
 
     def choice(self, column: str, allowed: Sequence[str], what: str) -> pd.Series:
         values = self.strings(column)
@@ -60,7 +83,7 @@ class Table:
         if bad.any():
             position = _first(bad)
             self.fail(position, column,
-                      f"unknown {what} {values.iloc[position]!r} (expected one of: {', '.join(allowed)})")
+                      f"unknown {what} {quoted(values.iloc[position])} (expected one of: {', '.join(allowed)})")
         return values
 
     def check_unique(self, columns: Sequence[str], what: str):
