@@ -1,4 +1,5 @@
 """Bad input: each error names file, line and field, and nothing half-written is left in --out."""
+import os
 import shutil
 
 import pytest
@@ -101,3 +102,20 @@ def test_failed_prepare_keeps_previous_output_and_leaves_no_temp(tiny_movielens,
     assert "ratings.csv, line" in capsys.readouterr().err
     assert (out / "interactions.csv").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "out"]
+
+
+def test_staging_left_by_a_killed_run_is_removed_by_the_next_run_of_the_same_output(tiny_movielens, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that has exited
+    abandoned = tmp_path / f".out.staging.{dead}.abc123"
+    live = tmp_path / f".out.staging.{os.getpid()}.def456"  # a run in progress: kept
+    other = tmp_path / f".other.staging.{dead}.ghi789"  # another output's: not ours to touch
+    for folder in (abandoned, live, other):
+        folder.mkdir()
+        (folder / "interactions.csv").write_text("half-written")
+    assert main(["data", "prepare", "--data-dir", str(tiny_movielens), "--out", str(tmp_path / "out"),
+                 "--no-download"]) == 0
+    assert not abandoned.exists() and live.exists() and other.exists()
