@@ -50,6 +50,25 @@ def test_knowledge_dir_that_is_not_a_knowledge_folder_fails_clearly(tiny_data, t
     assert "is not a knowledge folder" in capsys.readouterr().err
 
 
+def test_knowledge_extracted_from_another_data_set_is_refused(tiny_data, tiny_knowledge, tmp_path, capsys):
+    import shutil
+
+    from llm4msr.pipeline.data.canonical import dataset_fingerprint
+
+    other = tmp_path / "other-knowledge"
+    shutil.copytree(tiny_knowledge, other)
+    metadata = json.loads((other / "knowledge.json").read_text())
+    (other / "knowledge.json").write_text(json.dumps({**metadata, "dataset": "/data/another",
+                                                      "inputs": {"dataset": "0123456789abcdef"}}))
+    code, _ = run_train(tiny_data, tmp_path, "--knowledge", "both", "--knowledge-dir", str(other))
+    error = capsys.readouterr().err
+    assert code == 2 and "extracted from /data/another" in error and "llm4msr knowledge extract" in error
+    # the same folder recording this data set's contents is accepted
+    (other / "knowledge.json").write_text(json.dumps({**metadata, "inputs": {"dataset": dataset_fingerprint(tiny_data)}}))
+    code, _ = run_train(tiny_data, tmp_path, "--knowledge", "both", "--knowledge-dir", str(other), "--epochs", "1")
+    assert code == 0
+
+
 def test_batches_hold_every_row_once_per_epoch_with_its_own_label_and_knowledge(tiny_data, tiny_knowledge):
     from llm4msr.pipeline.data.canonical import read_dataset
     from llm4msr.pipeline.knowledge.artifact import read_knowledge

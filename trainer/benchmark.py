@@ -139,6 +139,8 @@ class Workspace:
         self.data_dir = str(data_dir)
         self.dataset = read_dataset(data_dir)
         self.knowledge = read_knowledge(knowledge_dir) if (knowledge_dir and need_knowledge) else None
+        if self.knowledge is not None:
+            self.knowledge.check_made_from(data_dir)
         self.encoders, self.splits = {}, {}
         for with_knowledge in ((False, True) if self.knowledge is not None else (False,)):
             encoder = Encoder(self.dataset, self.knowledge if with_knowledge else None, knowledge_reduction)

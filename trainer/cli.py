@@ -51,7 +51,7 @@ def _train(args) -> int:
         config, training = ModelConfig.from_dict(extra), TrainConfig.from_dict(training)
     except (ConfigError, OSError, json.JSONDecodeError) as error:
         raise UserFacingError(str(error)) from None
-    load_knowledge(args.knowledge_dir, config.knowledge)  # fail before TensorFlow work starts
+    load_knowledge(args.knowledge_dir, config.knowledge, args.data)  # fail before TensorFlow work starts
     result = train(args.data, config, args.knowledge_dir, training, knowledge_reduction=args.knowledge_reduction)
     print(format_report(result))
     if args.out:

@@ -265,21 +265,25 @@ def _cache_dir() -> pathlib.Path:
 
 # -- llm4msr train ------------------------------------------------------------------------------------
 
-def load_knowledge(knowledge_dir, mode: str) -> Optional[Knowledge]:
-    """The knowledge folder when the mode needs one; a clear error when it is missing."""
+def load_knowledge(knowledge_dir, mode: str, data_dir=None) -> Optional[Knowledge]:
+    """The knowledge folder when the mode needs one; a clear error when it is missing or (given
+    `data_dir`) was extracted from another data set."""
     if mode == "none":
         return None
     if knowledge_dir is None:
         raise UserFacingError(f"--knowledge {mode} needs knowledge vectors: pass --knowledge-dir DIR "
                               f"(written by `llm4msr knowledge extract`), or use --knowledge none")
-    return read_knowledge(knowledge_dir)
+    knowledge = read_knowledge(knowledge_dir)
+    if data_dir is not None:
+        knowledge.check_made_from(data_dir)
+    return knowledge
 
 
 def train(data_dir, config: ModelConfig, knowledge_dir=None, training: Optional[TrainConfig] = None,
           verbose: int = 2, knowledge_reduction: int = 0) -> dict:
     """Trains with the one training loop and reports eval and test metrics."""
     training = training or TrainConfig()
-    knowledge = load_knowledge(knowledge_dir, config.knowledge)
+    knowledge = load_knowledge(knowledge_dir, config.knowledge, data_dir)
     dataset = read_dataset(data_dir)
     encoder = Encoder(dataset, knowledge, knowledge_reduction)
     splits = {name: encoder.encode(dataset, name) for name in ("train", "eval", "test")}

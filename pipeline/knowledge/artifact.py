@@ -81,6 +81,22 @@ class Knowledge:
         default = self.default_item_vector
         return np.stack([self.items[i].vector if i in self.items else default for i in item_ids]).astype(np.float32)
 
+    def check_made_from(self, dataset_dir) -> None:
+        """Refuses knowledge extracted from another data set (by the content fingerprint its
+        inputs record; folders extracted before inputs were recorded are not checked): most users
+        would silently get the cold-start vector."""
+        made_from = (self.metadata.get("inputs") or {}).get("dataset")
+        if made_from is None:
+            return
+        from llm4msr.pipeline.data.canonical import dataset_fingerprint
+
+        here = dataset_fingerprint(dataset_dir)
+        if made_from != here:
+            raise UserFacingError(
+                f"the knowledge was extracted from {self.metadata.get('dataset')} (contents {made_from}), not from "
+                f"{dataset_dir} (contents {here}): extract it for this data set with `llm4msr knowledge extract "
+                f"--data {dataset_dir} --out DIR` (the prompt cache makes that cheap)")
+
     def scenario_vector(self, scenario_id: str) -> np.ndarray:
         if scenario_id not in self.scenarios:
             raise UserFacingError(f"no knowledge for scenario {scenario_id!r} "
