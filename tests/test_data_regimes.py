@@ -69,6 +69,34 @@ def test_a_new_users_prompt_holds_their_history_and_nothing_held_out(prepared):
     assert checked > 5
 
 
+def test_prompt_history_prompts_list_no_training_label(prepared):
+    """Regime prompt_history: each user's earliest train rows become history; the prompt describes
+    those, so no item the model trains on for that user appears in their prompt."""
+    dataset, time = prepared("prompt_history", share=0.5), prepared("time")
+    frame = dataset.interactions
+    assert frame.loc[frame["split"].isin(("eval", "test")), "split"].tolist() == \
+        time.interactions.loc[time.interactions["split"].isin(("eval", "test")), "split"].tolist()  # same held-out rows
+    prompts = {p.id: p.text for p in P.build_prompts(dataset, load_templates(), words, 100_000) if p.level == USER}
+    titles = dataset.items.set_index("item_id")["title"]
+    checked = 0
+    for user, rows in frame.groupby("user_id"):
+        train, history = rows[rows["split"] == "train"], rows[rows["split"] == HISTORY]
+        assert len(history) == len(rows[time.interactions.loc[rows.index, "split"] == "train"]) // 2
+        if len(history):
+            assert history["timestamp"].max() <= train["timestamp"].min()
+        shown = {titles[i] for i in history["item_id"]}
+        for item in set(train["item_id"]):
+            if not any(titles[item] in t for t in shown):
+                assert titles[item] not in prompts[user], (user, item)
+                checked += 1
+    assert checked > 5
+    # under the time regime the same prompt lists training labels: the leak this regime removes
+    leaky = {p.id: p.text for p in P.build_prompts(time, load_templates(), words, 100_000) if p.level == USER}
+    user = frame["user_id"].iloc[0]
+    trained = time.interactions[(time.interactions["user_id"] == user) & (time.interactions["split"] == "train")]
+    assert any(titles[i] in leaky[user] for i in trained["item_id"])
+
+
 def test_history_rows_are_in_no_training_statistic(prepared):
     dataset = prepared("new_users")
     history = dataset.split(HISTORY)

@@ -18,7 +18,7 @@ from llm4msr.errors import DataError
 from llm4msr.files import replace_dir, staging_dir
 from llm4msr.pipeline.data.scenarios import Scenario
 from llm4msr.pipeline.data.split import (ALL_SPLITS, REGIME_SHARE, REGIMES, cold_scenario_rows, new_users,
-                                         random_split, time_split)
+                                         prompt_history, random_split, time_split)
 from llm4msr.pipeline.data.tables import read_table
 
 INTERACTIONS, ITEMS, USERS, SCENARIOS, MANIFEST = (
@@ -95,7 +95,9 @@ def assign_split(interactions: pd.DataFrame, split: str, seed: int, where, regim
     assigned = _method_split(rest, split, seed, where).reindex(interactions.index)
     if held is not None:
         assigned = assigned.fillna(held)
-    return new_users(interactions, assigned, share, seed) if regime == "new_users" else assigned
+    if regime == "new_users":
+        return new_users(interactions, assigned, share, seed)
+    return prompt_history(interactions, assigned, share) if regime == "prompt_history" else assigned
 
 
 def _method_split(interactions: pd.DataFrame, split: str, seed: int, where) -> pd.Series:

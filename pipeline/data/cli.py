@@ -21,9 +21,12 @@ def add_parser(subparsers) -> None:
     prepare.add_argument("--regime", default="time", choices=list(REGIMES),
                          help="time: the split alone (default); new_users: a share of users are new (their "
                               "earlier rows are prompt history only, their later rows eval/test); cold_scenario: "
-                              "a share of multi-scenario users have one scenario held out entirely")
+                              "a share of multi-scenario users have one scenario held out entirely; "
+                              "prompt_history: the earliest share of every user's train rows feeds only their "
+                              "prompt (prompts then never list a training label)")
     prepare.add_argument("--regime-share", type=float, default=REGIME_SHARE,
-                         help=f"share of users the regime applies to (default {REGIME_SHARE})")
+                         help=f"share of users the regime applies to, or for prompt_history of each user's "
+                              f"train rows (default {REGIME_SHARE})")
     prepare.add_argument("--no-download", action="store_true", help="fail instead of downloading")
     prepare.add_argument("--out", required=True, help="output folder (replaced atomically)")
     prepare.set_defaults(func=_prepare)

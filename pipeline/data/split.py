@@ -11,6 +11,10 @@ Regimes (`llm4msr data prepare --regime`), applied on top of the split method:
   one of their scenarios (seeded): all their rows there are held out (the earlier half by time to
   eval, the rest to test) while their other scenarios are split as usual: the paper's
   cross-scenario case, the user is known but never seen in that scenario.
+- `prompt_history`: for every user, the earliest share of their train rows (by time; pass e.g.
+  `--regime-share 0.5`) becomes `history`, which their prompt describes, and only the later train
+  rows are examples. Without it a prompt lists liked and disliked train items whose labels the
+  model is trained on: knowledge then looks more predictive in training than it is on eval/test.
 """
 import numpy as np
 import pandas as pd
@@ -19,7 +23,7 @@ SPLITS = ("train", "eval", "test")
 HISTORY = "history"  # a new user's earlier interactions: in their prompt, never a training row
 ALL_SPLITS = (*SPLITS, HISTORY)
 HOLDOUT_FRACTION = 0.1
-REGIMES = ("time", "new_users", "cold_scenario")
+REGIMES = ("time", "new_users", "cold_scenario", "prompt_history")
 REGIME_SHARE = 0.2
 
 
@@ -51,6 +55,17 @@ def new_users(interactions: pd.DataFrame, split: pd.Series, share: float, seed: 
     """`split` with the train rows of a seeded `share` of users turned into `history`."""
     chosen = _seeded_choice(sorted(interactions["user_id"].unique()), share, seed)
     return split.where(~(interactions["user_id"].isin(chosen) & (split == "train")), HISTORY)
+
+
+def prompt_history(interactions: pd.DataFrame, split: pd.Series, share: float) -> pd.Series:
+    """`split` with the earliest `share` of every user's train rows turned into `history`."""
+    train = interactions[split == "train"]
+    keys = ["user_id", "timestamp", "item_id"] if "timestamp" in train.columns else ["user_id", "item_id"]
+    ordered = train.sort_values(keys, kind="mergesort")
+    position = ordered.groupby("user_id", sort=False).cumcount()
+    count = ordered.groupby("user_id", sort=False)["user_id"].transform("size")
+    earliest = ordered.index[(position < np.floor(count * share)).to_numpy()]
+    return split.where(~split.index.isin(earliest), HISTORY)
 
 
 def cold_scenario_rows(interactions: pd.DataFrame, share: float, seed: int) -> pd.Series:

@@ -55,13 +55,20 @@ def build_prompts(dataset: Dataset, templates: Dict[str, Template], count_tokens
         raise UserFacingError(f"knowledge levels {list(levels)}: expected user and scenario, optionally item "
                               f"(known: {', '.join(LEVELS)})")
     train = train_split(dataset)
-    # a new user's history rows (regime new_users) feed their own prompt and nothing else
-    known_behaviour = dataset.interactions[dataset.interactions["split"].isin(("train", HISTORY))]
     prompts = (scenario_prompts(dataset, train, templates[SCENARIO], count_tokens)
-               + user_prompts(dataset, known_behaviour, templates[USER], count_tokens, budget))
+               + user_prompts(dataset, prompt_rows(dataset), templates[USER], count_tokens, budget))
     if ITEM in levels:
         prompts += item_prompts(dataset, train, templates[ITEM], count_tokens)
     return prompts
+
+
+def prompt_rows(dataset: Dataset) -> pd.DataFrame:
+    """The rows a user's prompt describes: their `history` rows when they have any (regimes
+    new_users and prompt_history), else their train rows. History rows are never examples, so a
+    prompt built from them does not list the labels the model is trained on."""
+    rows = dataset.interactions
+    with_history = set(rows.loc[rows["split"] == HISTORY, "user_id"])
+    return rows[(rows["split"] == HISTORY) | ((rows["split"] == "train") & ~rows["user_id"].isin(with_history))]
 
 
 def train_split(dataset: Dataset) -> pd.DataFrame:
