@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from llm4msr.errors import UserFacingError
+from llm4msr.pipeline.data.canonical import dataset_fingerprint
 from llm4msr.trainer.training import TrainConfig
 
 RESULTS_CSV, RESULTS_MD, GRID_JSON = "results.csv", "results.md", "grid.json"
@@ -75,7 +76,7 @@ class GridSpec:
     def settings(self) -> dict:
         """What makes two runs comparable: everything but the grid's extent and the parallelism."""
         return {"data_dir": str(pathlib.Path(self.data_dir).resolve()),
-                "data_fingerprint": _folder_fingerprint(self.data_dir),
+                "data_fingerprint": dataset_fingerprint(self.data_dir),
                 "knowledge_fingerprint": _knowledge_fingerprint(self.knowledge_dir),
                 "epochs": self.epochs, "batch_size": self.batch_size, "patience": self.patience,
                 "knowledge_reduction": self.knowledge_reduction,
@@ -101,17 +102,6 @@ class GridSpec:
 
 # ---------------------------------------------------------------------------------------------
 # Fingerprints
-
-def _folder_fingerprint(folder) -> str:
-    folder = pathlib.Path(folder)
-    manifest = folder / "manifest.json"
-    digest = hashlib.sha256()
-    files = [manifest] if manifest.is_file() else sorted(p for p in folder.glob("*") if p.is_file())
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
 
 def _knowledge_fingerprint(knowledge_dir) -> Optional[str]:
     if knowledge_dir is None:
