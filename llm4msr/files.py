@@ -1,4 +1,7 @@
-"""Atomic publication of output folders: readers see the complete old folder or the complete new one."""
+"""Atomic publication: readers see the complete old file or folder or the complete new one.
+
+`write_file` for single files (a uniquely named temporary sibling, fsynced, then renamed over the
+target); `staging_dir` + `replace_dir` for folders. Every writer of the project uses these."""
 import os
 import pathlib
 import shutil
@@ -43,3 +46,21 @@ def replace_dir(staging, out) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.rename(staging, out)
+
+
+def write_file(path, data) -> pathlib.Path:
+    """Writes `data` (str or bytes) to `path` atomically and durably. The temporary file is opened
+    like any new file, so it gets the process umask's permissions (mkstemp's would be 0600)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,12 +1,12 @@
 """Running the pipeline locally (LocalDagRunner + SQLite metadata) and compiling it for Kubeflow
 Pipelines (KubeflowV2DagRunner), plus the reports printed after a local run."""
 import json
-import os
 import pathlib
 import time
 from typing import Dict, List, Optional
 
 from llm4msr.errors import UserFacingError
+from llm4msr.files import write_file
 from llm4msr.pipeline.config import PipelineConfig
 from llm4msr.transform.preprocessing import SLICE_PREFIX, SLICES, slice_names
 
@@ -189,8 +189,4 @@ def _slice_order(item):
 
 
 def write_report(report: dict, path: str) -> None:
-    target = pathlib.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, target)
+    write_file(path, json.dumps(report, indent=2, default=str))

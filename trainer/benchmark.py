@@ -31,7 +31,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from llm4msr.errors import UserFacingError
+from llm4msr.files import write_file
 from llm4msr.pipeline.data.canonical import dataset_fingerprint
 from llm4msr.trainer.training import TrainConfig
 
@@ -182,28 +182,6 @@ def flatten(result: dict, settings_hash: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic files
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomic(path, data) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_results(out_dir) -> pd.DataFrame:
     path = pathlib.Path(out_dir) / RESULTS_CSV
     if not path.is_file():
@@ -223,7 +201,7 @@ def write_results(out_dir, rows: List[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(v) for k, v in row.items()})
-    write_atomic(pathlib.Path(out_dir) / RESULTS_CSV, buffer.getvalue())
+    write_file(pathlib.Path(out_dir) / RESULTS_CSV, buffer.getvalue())
 
 
 def _csv_value(value):
@@ -317,7 +295,7 @@ def run_grid(spec: GridSpec, overwrite: bool = False, log=print) -> pd.DataFrame
     todo = [run for run in spec.runs() if run not in done]
     grid = {"settings": settings, "settings_hash": settings_hash, "backbones": list(spec.backbones),
             "modes": list(spec.modes), "seeds": list(spec.seeds), "jobs": spec.jobs}
-    write_atomic(out / GRID_JSON, json.dumps(grid, indent=2) + "\n")
+    write_file(out / GRID_JSON, json.dumps(grid, indent=2) + "\n")
     if overwrite or not rows:
         write_results(out, rows)  # an empty table with no rows marks the folder as ours
     log(f"benchmark: {len(spec.runs())} runs, {len(spec.runs()) - len(todo)} already in {out / RESULTS_CSV}, "
@@ -410,7 +388,7 @@ def select_on_eval(grid_dirs: Sequence, out_dir) -> pd.DataFrame:
                 "backbones": _ordered(tables[0]["backbone"], []), "modes": _ordered(tables[0]["knowledge"], MODE_ORDER),
                 "seeds": sorted(tables[0]["seed"].unique().tolist())}
     out_dir = pathlib.Path(out_dir)
-    write_atomic(out_dir / GRID_JSON, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    write_file(out_dir / GRID_JSON, json.dumps(document, indent=2, sort_keys=True) + "\n")
     write_results(out_dir, rows)
     table = read_results(out_dir)
     write_report(table, out_dir)
@@ -753,16 +731,16 @@ def render_plots(table: pd.DataFrame, out_dir, backbones: Optional[Sequence[str]
 def _save_figure(figure, path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    write_atomic(path, buffer.getvalue())
+    write_file(path, buffer.getvalue())
 
 
 def write_report(table: pd.DataFrame, out_dir, spec: Optional[GridSpec] = None,
                  wall_seconds: Optional[float] = None) -> None:
     out_dir = pathlib.Path(out_dir)
     if table.empty:
-        write_atomic(out_dir / RESULTS_MD, "# Knowledge benchmark\n\nNo finished runs yet.\n")
+        write_file(out_dir / RESULTS_MD, "# Knowledge benchmark\n\nNo finished runs yet.\n")
         return
     grid_path = out_dir / GRID_JSON
     grid = json.loads(grid_path.read_text()) if grid_path.is_file() else None
-    write_atomic(out_dir / RESULTS_MD, render_markdown(table, spec, wall_seconds, grid))
+    write_file(out_dir / RESULTS_MD, render_markdown(table, spec, wall_seconds, grid))
     render_plots(table, out_dir, spec.backbones if spec else (grid or {}).get("backbones"))

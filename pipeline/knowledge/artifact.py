@@ -12,7 +12,6 @@ prompt, used for users (items) the extraction has not seen (the serving default 
 Shards (`*.parquet`) may be written by Beam (`WriteToParquet`) or by `write_knowledge`.
 """
 import json
-import os
 import pathlib
 import shutil
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llm4msr.errors import UserFacingError
-from llm4msr.files import replace_dir, staging_dir
+from llm4msr.files import replace_dir, staging_dir, write_file
 
 FORMAT_VERSION = 1
 METADATA = "knowledge.json"
@@ -151,10 +150,8 @@ def write_knowledge(folder, users: Mapping[str, KnowledgeRecord], scenarios: Map
 
 
 def write_metadata(folder, metadata: dict) -> None:
-    path = pathlib.Path(folder) / METADATA
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**metadata, "format": FORMAT_VERSION}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_file(pathlib.Path(folder) / METADATA, json.dumps({**metadata, "format": FORMAT_VERSION}, indent=2,
+                                                          sort_keys=True) + "\n")
 
 
 def records_to_table(records: Iterable[KnowledgeRecord]) -> pa.Table:

@@ -6,14 +6,16 @@ An entry's key hashes the template version with the prompt hash, and entries liv
 fingerprint, so a vector can never be served for another model, template or prompt.
 """
 import hashlib
+import io
 import logging
 import os
 import pathlib
-import tempfile
 import zipfile
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
+
+from llm4msr.files import write_file
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +66,10 @@ class KnowledgeCache:
         """Durably adds one chunk; its name hashes its keys, so rewriting a batch is idempotent."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:24] + f"-n{len(keys)}.npz"
-        handle = tempfile.NamedTemporaryFile(dir=self.folder, prefix=".", suffix=".tmp", delete=False)
-        try:
-            with handle:
-                np.savez(handle, keys=np.asarray(keys, dtype=str), vectors=np.asarray(vectors, np.float32),
-                         texts=np.asarray(texts, dtype=str), fingerprint=np.asarray(self.fingerprint))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(handle.name, self.folder / name)
-        except BaseException:
-            pathlib.Path(handle.name).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=np.asarray(keys, dtype=str), vectors=np.asarray(vectors, np.float32),
+                 texts=np.asarray(texts, dtype=str), fingerprint=np.asarray(self.fingerprint))
+        write_file(self.folder / name, buffer.getvalue())
         return self.folder / name
 
     def finished_prompts(self) -> int:
