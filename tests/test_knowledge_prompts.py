@@ -123,7 +123,7 @@ def test_template_version_follows_content(tmp_path):
         load_templates(tmp_path)
 
 
-def test_item_prompts_describe_every_item_with_train_behaviour_only(dataset, count):
+def test_item_prompts_describe_every_item_with_train_behaviour_only(dataset, count, tmp_path):
     items = by_id(P.build_prompts(dataset, load_templates(), count, 256), ITEM)
     assert set(items) == set(dataset.items["item_id"]) | {COLD_START_ID}
     assert "nothing is known" in items[COLD_START_ID].text
@@ -138,10 +138,20 @@ def test_item_prompts_describe_every_item_with_train_behaviour_only(dataset, cou
     other = canonical.Dataset(changed, dataset.items, dataset.scenarios)
     assert {k: p.text for k, p in by_id(P.build_prompts(other, load_templates(), count, 256), ITEM).items()} == \
         {k: p.text for k, p in items.items()}
-    # and train behaviour is described: an item never in train says so
+    # the default prompt states no train behaviour: its liked share would leak the training labels
+    assert not any("training data" in p.text or "liked by" in p.text for p in items.values())
+    # a template with a behaviour section describes train rows only: an item never in train says so
+    import shutil
+    custom = tmp_path / "templates"
+    shutil.copytree(DEFAULT_DIR, custom)
+    item_template = (custom / "item.tmpl").read_text().replace(
+        "=== behaviour ===\n\n", "=== behaviour ===\nIn the training data it was {popularity}{liked}.\n")
+    (custom / "item.tmpl").write_text(item_template)
+    described = by_id(P.build_prompts(dataset, load_templates(custom), count, 256), ITEM)
     train_items = set(dataset.split("train")["item_id"])
     unseen = next(i for i in dataset.items["item_id"] if i not in train_items)
-    assert "not yet interacted with" in items[unseen].text
+    assert "not yet interacted with" in described[unseen].text
+    assert "liked by" in described["1"].text
     from llm4msr.transform.preprocessing import POPULARITY_BUCKETS
     assert tuple(low for low, _ in P.POPULARITY_WORDS) == POPULARITY_BUCKETS  # the words follow the slices
 
