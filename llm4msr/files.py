@@ -15,7 +15,9 @@ def staging_dir(out) -> pathlib.Path:
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(out)
-    return pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.{os.getpid()}.", dir=out.parent))
+    staging = out.parent / f".{out.name}.staging.{os.getpid()}.{os.urandom(4).hex()}"
+    staging.mkdir()  # the umask's permissions: mkdtemp's 0700 would make the published folder private
+    return staging
 
 
 def _remove_abandoned_staging(out: pathlib.Path) -> None:

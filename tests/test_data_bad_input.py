@@ -119,3 +119,6 @@ def test_staging_left_by_a_killed_run_is_removed_by_the_next_run_of_the_same_out
     assert main(["data", "prepare", "--data-dir", str(tiny_movielens), "--out", str(tmp_path / "out"),
                  "--no-download"]) == 0
     assert not abandoned.exists() and live.exists() and other.exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask  # published with the umask's rights, not 0700
