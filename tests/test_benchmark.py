@@ -209,3 +209,8 @@ def test_select_keeps_per_cell_the_candidate_best_on_eval_never_on_test(finished
     assert main(["benchmark", "--select-from", f"{finished_grid},{other}", "--out", str(tmp_path / "x")]) != 0
     error = capsys.readouterr().err
     assert "differs from" in error and "epochs" in error
+
+
+def test_a_grid_without_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["benchmark", "--out", str(tmp_path / "out")]) == 2
+    assert "--data is needed to run a grid" in capsys.readouterr().err
