@@ -57,7 +57,7 @@ def test_grid_writes_markdown_and_small_plots(finished_grid):
 
 def test_rerun_skips_finished_runs_and_resumes_missing_ones(finished_grid, tiny_data, tiny_knowledge, capsys,
                                                             monkeypatch):
-    table = pd.read_csv(finished_grid / "results.csv")
+    table = benchmark.read_results(finished_grid)
     kept = table[~((table["backbone"] == "star") & (table["knowledge"] == "both") & (table["seed"] == 1))]
     kept.to_csv(finished_grid / "results.csv", index=False)  # as if killed before the last run
     trained = []
@@ -110,6 +110,13 @@ def _hand_table():
         rows.append(("star", "none", seed, none, none))
         rows.append(("star", "both", seed, both, both))
     return pd.DataFrame(rows, columns=["backbone", "knowledge", "seed", "test_auc", "test_S0_auc"])
+
+
+def test_a_settings_hash_that_looks_like_a_number_still_resumes(tmp_path):
+    """A hex hash of digits only with a leading zero ("043227887998") came back from results.csv as
+    the number 43227887998 and a resumable grid was refused as "other settings"."""
+    benchmark.write_results(tmp_path, [{"backbone": "dnn", "knowledge": "none", "seed": 0, "settings": "043227887998"}])
+    assert benchmark.read_results(tmp_path)["settings"].tolist() == ["043227887998"]
 
 
 def test_lift_table_on_a_hand_made_table():
@@ -185,7 +192,7 @@ def test_select_keeps_per_cell_the_candidate_best_on_eval_never_on_test(finished
     grid = json.loads((other / "grid.json").read_text())
     grid["settings"]["model"] = {"id_dropout": 0.5}
     (other / "grid.json").write_text(json.dumps(grid))
-    table = pd.read_csv(other / "results.csv")
+    table = benchmark.read_results(other)
     star_both = (table["backbone"] == "star") & (table["knowledge"] == "both")
     table.loc[star_both, "eval_auc"] += 0.01  # better on eval in this cell only ...
     table.loc[star_both, "test_auc"] -= 0.05  # ... and worse on test: still chosen

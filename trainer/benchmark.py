@@ -186,8 +186,8 @@ def read_results(out_dir) -> pd.DataFrame:
     path = pathlib.Path(out_dir) / RESULTS_CSV
     if not path.is_file():
         return pd.DataFrame()
-    try:
-        return pd.read_csv(path)
+    try:  # the settings hash is hex: one like "043227887998" would otherwise be read as a number
+        return pd.read_csv(path, dtype={"settings": str})
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
 
