@@ -45,7 +45,11 @@ def _serve(args) -> int:
         raise UserFacingError(f"model folder {args.model_dir} does not exist (run the pipeline, or pass --model-dir)")
     registry = ModelRegistry(args.model_dir, args.model_name, args.num_versions, args.max_batch,
                              args.poll_seconds).start()
-    server, port = make_server(registry, args.host, args.port, args.workers)
+    try:
+        server, port = make_server(registry, args.host, args.port, args.workers)
+    except OSError as error:
+        registry.stop()
+        raise UserFacingError(f"llm4msr serve: {error}") from None
     versions = sorted(registry.snapshot.servables) or "none yet (waiting for a push)"
     print(f"serving {args.model_name} versions {versions} from {args.model_dir} on {args.host}:{port}", flush=True)
     stopped = threading.Event()

@@ -370,14 +370,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 def make_server(registry: ModelRegistry, host: str = "127.0.0.1", port: int = 8500, max_workers: int = 16):
     """A started gRPC server (port 0 picks a free one) and the port it listens on."""
+    # no SO_REUSEPORT (gRPC sets it by default): a second server on a taken port must fail, not
+    # share the port and split the clients between two servers holding different versions
     options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="llm4msr-grpc"),
                          options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(registry), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio >= 1.5x raises where older versions returned 0
+        bound = 0
     if not bound:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise OSError(f"cannot listen on {host}:{port} (is another server using the port?)")
     server.start()
     return server, bound

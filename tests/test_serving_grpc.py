@@ -430,3 +430,15 @@ def test_serve_command_binds_localhost_and_stops_on_sigterm(model_dir):
         assert process.wait(30) == 0
     finally:
         process.kill()
+
+
+def test_a_second_server_on_a_taken_port_refuses_to_start(model_dir, capsys):
+    first = LocalServer(model_dir)
+    try:
+        port = first.target.rsplit(":", 1)[1]
+        with pytest.raises(OSError, match="is another server using the port"):
+            make_server(first.registry, port=int(port))
+        code = cli.main(["serve", "--model-dir", str(model_dir), "--port", port])
+        assert code == 2 and "cannot listen on 127.0.0.1:" + port in capsys.readouterr().err
+    finally:
+        first.stop()
