@@ -11,7 +11,9 @@ push folder, the way `tensorflow_model_server --model_base_path=<dir>` does:
   finish on the version they started with and none fails during a push; a version that fails to
   load is retried at the next poll while the previous ones keep serving;
 * malformed requests get INVALID_ARGUMENT (NOT_FOUND for an unknown model or version) with a
-  message naming what is wrong, before the model runs.
+  message naming what is wrong, before the model runs: a tensor's claimed shape is checked
+  against the signature and the maximum batch before it is materialised, and NaN or infinite
+  values in a float input (the knowledge vectors of `predict_raw`) are refused.
 
 Classify accepts tf.Examples for a signature taking `examples` and returning `probability`
 (TF Serving itself requires a classify-method signature, which the export does not have) and
@@ -144,11 +146,22 @@ def check_inputs(signature: str, signature_def, inputs, max_batch: int) -> Dict[
         if proto.dtype != spec.dtype:
             raise invalid(f"input {name!r} has dtype {tf.dtypes.as_dtype(proto.dtype).name}, "
                           f"signature {signature!r} expects {tf.dtypes.as_dtype(spec.dtype).name}")
+        wanted = [d.size for d in spec.tensor_shape.dim]
+        claimed = [d.size for d in proto.tensor_shape.dim]
+        # the claimed shape is checked before the tensor is materialised: a 100-byte proto with one
+        # value can claim [4000000, 384], which make_ndarray would expand to gigabytes
+        _check_shape(signature, name, claimed, wanted)
+        if claimed and claimed[0] > max_batch:
+            raise invalid(f"{claimed[0]} rows (candidates) in one request, more than the maximum batch of "
+                          f"{max_batch}; split the request (input {name!r})")
         try:
             array = tf.make_ndarray(proto)
         except Exception as error:
-            raise invalid(f"input {name!r} is not a valid tensor: {error}") from None
-        _check_shape(signature, name, array.shape, [d.size for d in spec.tensor_shape.dim])
+            raise invalid(f"input {name!r} is not a valid tensor: {str(error)[:200]}") from None
+        _check_shape(signature, name, array.shape, wanted)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            row = int(np.argwhere(~np.isfinite(array))[0][0]) if array.ndim else 0
+            raise invalid(f"input {name!r} holds a non-finite value (NaN or infinity) in row {row}")
         arrays[name] = array
     batch = _check_rows(arrays)
     if batch > max_batch:

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
@@ -226,6 +227,12 @@ def _both(first, second):
     return change
 
 
+def _claimed_shape(*dims) -> tensor_pb2.TensorProto:
+    """One float value that claims the shape `dims` (make_ndarray would fill all of it)."""
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[0.5], tensor_shape=shape)
+
+
 MALFORMED = {
     "unknown model": (lambda r: setattr(r.model_spec, "name", "other"), "NOT_FOUND", "'other'"),
     "unknown version": (lambda r: r.model_spec.version.__setattr__("value", 99), "NOT_FOUND", "version 99"),
@@ -246,6 +253,13 @@ MALFORMED = {
                                    "INVALID_ARGUMENT", "'user_id' has 3 rows, others 1"),
     "unknown scenario": (_set("scenario", ["S9"] * 3), "INVALID_ARGUMENT", "unknown scenario id"),
     "unknown output": (lambda r: r.output_filter.append("logit"), "INVALID_ARGUMENT", "output_filter"),
+    "NaN knowledge": (_set("user_knowledge", np.full((1, DIM), np.nan, np.float32)), "INVALID_ARGUMENT",
+                      "input 'user_knowledge' holds a non-finite value (NaN or infinity) in row 0"),
+    "infinite knowledge": (_set("scenario_knowledge", np.full((1, DIM), np.inf, np.float32)), "INVALID_ARGUMENT",
+                           "'scenario_knowledge' holds a non-finite value"),
+    # ~100 bytes claiming [4,000,000, DIM]: refused before it is expanded (it took 27 s and 6.8 GB)
+    "shape bomb": (lambda r: r.inputs["user_knowledge"].CopyFrom(_claimed_shape(4_000_000, DIM)),
+                   "INVALID_ARGUMENT", "4000000 rows (candidates) in one request, more than the maximum batch"),
 }
 
 
@@ -442,3 +456,21 @@ def test_a_second_server_on_a_taken_port_refuses_to_start(model_dir, capsys):
         assert code == 2 and "cannot listen on 127.0.0.1:" + port in capsys.readouterr().err
     finally:
         first.stop()
+
+
+def test_a_claimed_shape_is_refused_before_the_tensor_is_materialised(monkeypatch):
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    from llm4msr.serving import server
+
+    signature = meta_graph_pb2.SignatureDef()
+    signature.inputs["user_knowledge"].CopyFrom(meta_graph_pb2.TensorInfo(
+        dtype=types_pb2.DT_FLOAT, tensor_shape=_claimed_shape(-1, DIM).tensor_shape))
+
+    def never(proto):
+        raise AssertionError("the claimed tensor was materialised")
+    monkeypatch.setattr(server.tf, "make_ndarray", never)
+    for bomb, message in ((_claimed_shape(4_000_000, DIM), "4000000 rows"),
+                          (_claimed_shape(3, 100_000_000), "wrong knowledge width")):
+        with pytest.raises(server.RequestError, match=message):
+            server.check_inputs("predict_raw", signature, {"user_knowledge": bomb}, MAX_BATCH)
