@@ -7,17 +7,45 @@ import pathlib
 import shutil
 import tempfile
 
+from llm4msr.errors import UserFacingError
+
+
+# Every folder published through `replace_dir` carries this file, so a later run replaces only
+# folders it wrote (constant content: data-set fingerprints hash every file of the folder).
+OWNER_MARKER = ".llm4msr-output"
+# outputs written before the marker existed: a data set, a knowledge folder, a Transform output
+LEGACY_MARKERS = ("manifest.json", "knowledge.json", "transform_fn")
+
 
 def staging_dir(out) -> pathlib.Path:
-    """A fresh temporary sibling of `out` (same file system, so the final rename is atomic). Its
-    name carries this process id; staging folders of `out` left by processes that no longer run
-    (a killed run) are removed first."""
+    """A fresh temporary sibling of `out` (same file system, so the final rename is atomic), with
+    the owner marker in it. Refuses an `out` that is not ours before any work is done. Its name
+    carries this process id; staging folders of `out` left by processes that no longer run (a
+    killed run) are removed first."""
     out = pathlib.Path(out)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(out)
     staging = out.parent / f".{out.name}.staging.{os.getpid()}.{os.urandom(4).hex()}"
     staging.mkdir()  # the umask's permissions: mkdtemp's 0700 would make the published folder private
+    (staging / OWNER_MARKER).write_text("written by llm4msr; replaced by its next run of this output\n")
     return staging
+
+
+def check_replaceable(out) -> None:
+    """`out` may be replaced: it does not exist, is an empty folder, or is an output of ours."""
+    out = pathlib.Path(out)
+    if not out.name or out.resolve() == out.resolve().parent:
+        raise UserFacingError(f"{out} cannot be an output folder (choose a named folder such as runs/out)")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise UserFacingError(f"{out} exists and is not a folder: refusing to replace it "
+                              f"(choose another output path, or remove it yourself)")
+    ours = any((out / name).exists() for name in (OWNER_MARKER, *LEGACY_MARKERS))
+    if not ours and any(out.iterdir()):
+        raise UserFacingError(f"{out} exists and was not written by llm4msr (it has no {OWNER_MARKER}): refusing "
+                              f"to replace what is there (choose another output folder, or empty it yourself)")
 
 
 def _remove_abandoned_staging(out: pathlib.Path) -> None:
@@ -41,6 +69,7 @@ def _running(pid: int) -> bool:
 def replace_dir(staging, out) -> None:
     """Renames the complete `staging` folder to `out`; an existing `out` is removed only after the swap."""
     staging, out = pathlib.Path(staging), pathlib.Path(out)
+    check_replaceable(out)  # again: it may have appeared while the output was being made
     if out.exists():
         retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
         os.rename(out, retired / out.name)

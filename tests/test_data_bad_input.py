@@ -122,3 +122,25 @@ def test_staging_left_by_a_killed_run_is_removed_by_the_next_run_of_the_same_out
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask  # published with the umask's rights, not 0700
+
+
+def test_an_out_that_is_not_ours_is_never_replaced(tiny_movielens, tmp_path, capsys):
+    def prepare_into(out):
+        return main(["data", "prepare", "--data-dir", str(tiny_movielens), "--out", str(out), "--no-download"])
+
+    theirs = tmp_path / "thesis"
+    theirs.mkdir()
+    (theirs / "chapter1.tex").write_text("months of work")
+    assert prepare_into(theirs) == 2
+    assert "was not written by llm4msr" in capsys.readouterr().err
+    assert (theirs / "chapter1.tex").read_text() == "months of work" and len(list(theirs.iterdir())) == 1
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    assert prepare_into(a_file) == 2 and "is not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "keep me"
+    assert prepare_into("/") == 2 and "cannot be an output folder" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or retired folder left
+    # an empty folder and our own previous output are replaced
+    (tmp_path / "empty").mkdir()
+    assert prepare_into(tmp_path / "empty") == 0 and (tmp_path / "empty" / ".llm4msr-output").is_file()
+    assert prepare_into(tmp_path / "empty") == 0
