@@ -81,8 +81,9 @@ class IdDropout(tf.keras.layers.Layer):
         def dropped():  # seeded by the global seed (`tf.random.set_seed`), as Keras' Dropout
             drop = tf.random.uniform(tf.shape(ids)) < self.rate
             return tf.where(drop, tf.constant(self.oov_index, ids.dtype), ids)
-        return tf.__internal__.smart_cond.smart_cond(False if training is None else training, dropped,
-                                                     lambda: tf.identity(ids))
+        if tf.is_tensor(training):  # a symbolic learning phase
+            return tf.cond(tf.cast(training, tf.bool), dropped, lambda: tf.identity(ids))
+        return dropped() if training else ids
 
     def get_config(self):
         return {**super().get_config(), "oov_index": self.oov_index, "rate": self.rate}

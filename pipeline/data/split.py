@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 SPLITS = ("train", "eval", "test")
-HISTORY = "history"  # a new user's earlier interactions: in their prompt, never a training row
+HISTORY = "history"  # interactions that feed only the user's prompt: never a training row or statistic
 ALL_SPLITS = (*SPLITS, HISTORY)
 HOLDOUT_FRACTION = 0.1
 REGIMES = ("time", "new_users", "cold_scenario", "prompt_history")

@@ -1,6 +1,7 @@
-"""Scenario-, user- and item-level prompts, built from the train split only (DATA_FORMAT.md, "Splits
-and leakage"; a new user's `history` rows feed that user's prompt too); user prompts are trimmed to a token budget by dropping whole history items, oldest
-first."""
+"""Scenario-, user- and item-level prompts, built from rows the model may learn from (DATA_FORMAT.md,
+"Splits and leakage"): scenario and item statistics from the train split; a user's prompt from
+their `history` rows when they have any (regimes new_users, prompt_history), else their train rows.
+User prompts are trimmed to a token budget by dropping whole history items, oldest first."""
 import hashlib
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
