@@ -63,6 +63,11 @@ def test_knowledge_extracted_from_another_data_set_is_refused(tiny_data, tiny_kn
     code, _ = run_train(tiny_data, tmp_path, "--knowledge", "both", "--knowledge-dir", str(other))
     error = capsys.readouterr().err
     assert code == 2 and "extracted from /data/another" in error and "llm4msr knowledge extract" in error
+    # the benchmark refuses it too, before any worker process starts
+    code = main(["benchmark", "--data", str(tiny_data), "--knowledge-dir", str(other), "--backbones", "dnn",
+                 "--knowledge", "none,both", "--seeds", "1", "--jobs", "2", "--out", str(tmp_path / "grid")])
+    assert code == 2 and "extracted from /data/another" in capsys.readouterr().err
+    assert not (tmp_path / "grid" / "results.csv").exists()
     # the same folder recording this data set's contents is accepted
     (other / "knowledge.json").write_text(json.dumps({**metadata, "inputs": {"dataset": dataset_fingerprint(tiny_data)}}))
     code, _ = run_train(tiny_data, tmp_path, "--knowledge", "both", "--knowledge-dir", str(other), "--epochs", "1")

@@ -129,8 +129,6 @@ class Workspace:
         self.data_dir = str(data_dir)
         self.dataset = read_dataset(data_dir)
         self.knowledge = read_knowledge(knowledge_dir) if (knowledge_dir and need_knowledge) else None
-        if self.knowledge is not None:
-            self.knowledge.check_made_from(data_dir)
         self.encoders, self.splits = {}, {}
         for with_knowledge in ((False, True) if self.knowledge is not None else (False,)):
             encoder = Encoder(self.dataset, self.knowledge if with_knowledge else None, knowledge_reduction)
@@ -273,6 +271,10 @@ def _check_spec(spec: GridSpec) -> None:
         raise UserFacingError(f"model config: {error}") from None
     if not pathlib.Path(spec.data_dir).is_dir():
         raise UserFacingError(f"{spec.data_dir}: no such data set folder (run `llm4msr data prepare`)")
+    if spec.knowledge_dir and any(m != "none" for m in spec.modes):  # here, before any worker starts
+        from llm4msr.trainer.fast import load_knowledge
+
+        load_knowledge(spec.knowledge_dir, "both", spec.data_dir)
 
 
 def run_grid(spec: GridSpec, overwrite: bool = False, log=print) -> pd.DataFrame:
