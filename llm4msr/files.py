@@ -13,8 +13,10 @@ from llm4msr.errors import UserFacingError
 # Every folder published through `replace_dir` carries this file, so a later run replaces only
 # folders it wrote (constant content: data-set fingerprints hash every file of the folder).
 OWNER_MARKER = ".llm4msr-output"
-# outputs written before the marker existed: a data set, a knowledge folder, a Transform output
-LEGACY_MARKERS = ("manifest.json", "knowledge.json", "transform_fn")
+# outputs written before the marker existed, recognised by all of their files (one common name,
+# such as manifest.json, is not enough): a data set, a knowledge folder, a Transform output
+LEGACY_OUTPUTS = (("manifest.json", "interactions.csv", "scenarios.json"), ("knowledge.json", "scenario", "user"),
+                  ("transform_fn", "transformed_metadata"))
 
 
 def staging_dir(out) -> pathlib.Path:
@@ -42,7 +44,8 @@ def check_replaceable(out) -> None:
     if not out.is_dir() or out.is_symlink():
         raise UserFacingError(f"{out} exists and is not a folder: refusing to replace it "
                               f"(choose another output path, or remove it yourself)")
-    ours = any((out / name).exists() for name in (OWNER_MARKER, *LEGACY_MARKERS))
+    ours = (out / OWNER_MARKER).exists() or any(all((out / name).exists() for name in names)
+                                                 for names in LEGACY_OUTPUTS)
     if not ours and any(out.iterdir()):
         raise UserFacingError(f"{out} exists and was not written by llm4msr (it has no {OWNER_MARKER}): refusing "
                               f"to replace what is there (choose another output folder, or empty it yourself)")

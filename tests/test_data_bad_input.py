@@ -134,6 +134,9 @@ def test_an_out_that_is_not_ours_is_never_replaced(tiny_movielens, tmp_path, cap
     assert prepare_into(theirs) == 2
     assert "was not written by llm4msr" in capsys.readouterr().err
     assert (theirs / "chapter1.tex").read_text() == "months of work" and len(list(theirs.iterdir())) == 1
+    (theirs / "manifest.json").write_text("{}")  # a common file name alone does not make it ours
+    assert prepare_into(theirs) == 2 and (theirs / "chapter1.tex").exists()
+    capsys.readouterr()
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep me")
     assert prepare_into(a_file) == 2 and "is not a folder" in capsys.readouterr().err
