@@ -17,7 +17,13 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--num-versions", type=int, default=2, help="newest versions kept loaded")
     serve.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="most rows in one request")
     serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions")
-    serve.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    serve.add_argument("--workers", type=int, default=16, help="model calls running at once (default 16)")
+    serve.add_argument("--max-concurrent-requests", type=int, default=64,
+                       help="requests in flight at once, waiting ones included; more get RESOURCE_EXHAUSTED "
+                            "(default 64)")
+    serve.add_argument("--request-timeout", type=float, default=10.0,
+                       help="seconds from a request's arrival to its answer, or the client's deadline if shorter; "
+                            "later ones get DEADLINE_EXCEEDED (default 10)")
     serve.set_defaults(func=_serve)
 
     recommend = subparsers.add_parser("recommend", help="top-k items for a user in a scenario, over gRPC")
@@ -38,15 +44,22 @@ def add_parser(subparsers) -> None:
 def _serve(args) -> int:
     import logging
 
-    from llm4msr.serving.server import ModelRegistry, make_server
+    from llm4msr.serving.server import Limits, ModelRegistry, make_server
 
+    try:
+        limits = Limits(args.max_concurrent_requests, args.request_timeout, args.workers)
+    except ValueError as error:
+        raise UserFacingError(f"llm4msr serve: {error}") from None
+    if args.max_batch < 1 or args.num_versions < 1 or not args.poll_seconds > 0:
+        raise UserFacingError("llm4msr serve: --max-batch and --num-versions must be at least 1 and --poll-seconds "
+                              "positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not pathlib.Path(args.model_dir).is_dir():
         raise UserFacingError(f"model folder {args.model_dir} does not exist (run the pipeline, or pass --model-dir)")
     registry = ModelRegistry(args.model_dir, args.model_name, args.num_versions, args.max_batch,
                              args.poll_seconds).start()
     try:
-        server, port = make_server(registry, args.host, args.port, args.workers)
+        server, port = make_server(registry, args.host, args.port, limits)
     except OSError as error:
         registry.stop()
         raise UserFacingError(f"llm4msr serve: {error}") from None

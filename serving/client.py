@@ -126,12 +126,14 @@ class ServingClient:
                 for name, sig in signatures.signature_def.items()}
 
     def status(self) -> List[dict]:
-        """[{"version", "state" (AVAILABLE, LOADING, ...), "error_code"}] for every version the server knows."""
+        """[{"version", "state" (AVAILABLE, LOADING, END ...), "error_code", "error_message"}] for every version
+        the server knows (END with an error: the version failed to load)."""
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = self.model_name
         response = self.models.GetModelStatus(request, timeout=self.timeout)
         return [{"version": v.version, "state": get_model_status_pb2.ModelVersionStatus.State.Name(v.state),
-                 "error_code": v.status.error_code} for v in response.model_version_status]
+                 "error_code": v.status.error_code, "error_message": v.status.error_message}
+                for v in response.model_version_status]
 
 
 def _tensors(infos) -> Dict[str, tuple]:

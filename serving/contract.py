@@ -15,6 +15,7 @@ RAW_SIGNATURE = "predict_raw"  # named raw tensors + knowledge vectors -> probab
 PREDICTION_KEY = "probability"
 ID_INPUTS = ("user_id", "item_id", "scenario")
 USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE = "user_knowledge", "scenario_knowledge", "item_knowledge"
+KNOWLEDGE_INPUTS = (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE)
 KNOWLEDGE_DIR = pathlib.Path("assets.extra") / "knowledge"
 WARMUP_FILE = pathlib.Path("assets.extra") / "tf_serving_warmup_requests"
 
@@ -36,6 +37,16 @@ def broadcast_to_candidates(features: dict) -> dict:
     rows = tf.shape(features[PER_CANDIDATE_INPUT])[:1]
     return {name: tf.broadcast_to(value, tf.concat([rows, tf.shape(value)[1:]], 0))
             for name, value in features.items()}
+
+
+def refuse_non_finite(features: dict) -> dict:
+    """`features` with every knowledge input checked for NaN and infinity inside the signature
+    (`CheckNumerics`): a request carrying one fails with INVALID_ARGUMENT naming the input in any
+    TF Serving, for tf.Examples as for raw tensors, instead of being scored."""
+    import tensorflow as tf
+
+    return {name: tf.debugging.assert_all_finite(value, f"input {name!r} holds a non-finite value (NaN or infinity)")
+            if name in KNOWLEDGE_INPUTS else value for name, value in features.items()}
 
 
 def version_dirs(model_dir) -> Dict[int, pathlib.Path]:

@@ -9,26 +9,36 @@ push folder, the way `tensorflow_model_server --model_base_path=<dir>` does:
 * a poller loads new versions completely (SavedModel + warmup replay of
   `assets.extra/tf_serving_warmup_requests`) and then swaps one reference, so requests in flight
   finish on the version they started with and none fails during a push; a version that fails to
-  load is retried at the next poll while the previous ones keep serving;
+  load is retried with a growing back-off (at once when its files change) while the previous ones
+  keep serving, and GetModelStatus reports it as END with the load error, as TF Serving does;
 * malformed requests get INVALID_ARGUMENT (NOT_FOUND for an unknown model or version) with a
   message naming what is wrong, before the model runs: a tensor's claimed shape is checked
-  against the signature and the maximum batch before it is materialised, and NaN or infinite
-  values in a float input (the knowledge vectors of `predict_raw`) are refused.
+  against the signature and the maximum batch before it is materialised, an empty batch is
+  refused, and NaN or infinite values in a float input (the knowledge vectors of `predict_raw`)
+  are refused (the exported signatures refuse them in tf.Examples too);
+* limits (`Limits`): at most `max_concurrent_requests` requests at once (RESOURCE_EXHAUSTED
+  beyond), each answered within `request_timeout` seconds or the client's deadline if shorter
+  (DEADLINE_EXCEEDED; a model call that has started runs to its end, bounded by the maximum
+  batch, but queued requests past their deadline never start), messages up to 64 MB.
 
 Classify accepts tf.Examples for a signature taking `examples` and returning `probability`
 (TF Serving itself requires a classify-method signature, which the export does not have) and
 answers with classes "0" and "1".
 """
 import logging
+import os
 import pathlib
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
+from tensorflow.core.example import example_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
@@ -39,6 +49,22 @@ from llm4msr.serving.contract import (DEFAULT_MAX_BATCH, DEFAULT_SIGNATURE, MAX_
 
 log = logging.getLogger(__name__)
 State = get_model_status_pb2.ModelVersionStatus.State
+MAX_RETRY_SECONDS = 300.0  # back-off ceiling for a version that keeps failing to load
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client can make the server spend (the `llm4msr serve` flags of the same names)."""
+    max_concurrent_requests: int = 64  # in flight at once, queued ones included: RESOURCE_EXHAUSTED beyond
+    request_timeout: float = 10.0  # seconds from arrival to answer: DEADLINE_EXCEEDED beyond
+    model_workers: int = 16  # model calls running at once (the rest wait, within their deadline)
+
+    def __post_init__(self):
+        for name in ("max_concurrent_requests", "model_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.request_timeout > 0:
+            raise ValueError(f"request_timeout must be positive, got {self.request_timeout}")
 
 
 class RequestError(Exception):
@@ -122,15 +148,38 @@ class Servable:
 def run(function, arrays: Mapping[str, np.ndarray]) -> Dict[str, tf.Tensor]:
     try:
         return function(**arrays)
-    except tf.errors.InvalidArgumentError as error:  # e.g. the Transform graph's unknown-scenario assert
+    # InvalidArgumentError: e.g. the Transform graph's unknown-scenario assert; UnicodeDecodeError:
+    # TF failed on a client's bytes and quoted them in its message, which then does not decode
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as error:
+        bad = _first_unparsable_example(arrays.get("examples"))
+        if bad is not None:
+            raise invalid(f"examples[{bad}] is not a serialized tf.Example") from None
+        if isinstance(error, UnicodeDecodeError):
+            raise invalid("the model refused the input (its error message quoted bytes that are not utf-8)") from None
         raise invalid(f"the model refused the input: {_op_error(error.message)}") from None
 
 
+def _first_unparsable_example(examples: Optional[np.ndarray]) -> Optional[int]:
+    """The index of the first value that does not parse as a tf.Example (looked for only after the
+    model failed: parsing every request twice would cost ~10 us per example)."""
+    for index, value in enumerate([] if examples is None else examples.reshape(-1)):
+        try:
+            example_pb2.Example.FromString(value)
+        except (DecodeError, TypeError):
+            return index
+    return None
+
+
 def _op_error(message: str) -> str:
-    """The line of a TF runtime error that says what failed (not "Graph execution error:")."""
+    """The line of a TF runtime error that says what failed (not "Graph execution error:"), without
+    the brackets of an assertion's data: `assertion failed: [unknown scenario id 'S9'; ...]`."""
     lines = [line.strip() for line in message.splitlines()
-             if line.strip() and not line.strip().startswith(("Graph execution error", "Detected at node", "<stack", "[["))]
-    return lines[0] if lines else message
+             if line.strip() and not line.strip().startswith(("Graph execution error", "Detected at node", "<stack",
+                                                                 "[[", "File "))]
+    line = lines[0] if lines else message
+    if line.startswith("assertion failed: [") and line.endswith("]"):
+        line = line[len("assertion failed: ["):-1].replace("] [", " ").replace("\\'", "'")
+    return line[:500]
 
 
 def check_inputs(signature: str, signature_def, inputs, max_batch: int) -> Dict[str, np.ndarray]:
@@ -164,6 +213,8 @@ def check_inputs(signature: str, signature_def, inputs, max_batch: int) -> Dict[
             raise invalid(f"input {name!r} holds a non-finite value (NaN or infinity) in row {row}")
         arrays[name] = array
     batch = _check_rows(arrays)
+    if batch == 0:
+        raise invalid(f"the request has no rows to score (signature {signature!r}); send at least one candidate")
     if batch > max_batch:
         raise invalid(f"{batch} rows (candidates) in one request, more than the maximum batch of {max_batch}; "
                       f"split the request")
@@ -209,11 +260,23 @@ def serialized_examples(model_input) -> list:
 
 
 @dataclass(frozen=True)
+class LoadFailure:
+    """A version that did not load: retried at `retry_at` (doubling waits), or at once when its
+    files change (`stamp`), e.g. when a copy that was still running completes."""
+    stamp: Tuple
+    attempts: int
+    retry_at: float
+    message: str
+    code: int  # tensorflow.error.Code, as TF Serving reports a failed load
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What is served at one moment; replaced as a whole, never mutated."""
     servables: Mapping[int, Servable] = field(default_factory=dict)
     labels: Mapping[str, int] = field(default_factory=dict)
     loading: frozenset = frozenset()
+    failed: Mapping[int, LoadFailure] = field(default_factory=dict)
 
 
 class ModelRegistry:
@@ -224,7 +287,7 @@ class ModelRegistry:
         self.model_dir, self.model_name = pathlib.Path(model_dir), model_name
         self.num_versions, self.max_batch, self.poll_seconds = num_versions, max_batch, poll_seconds
         self.snapshot = Snapshot()
-        self._failed = set()
+        self._failed: Dict[int, LoadFailure] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -233,8 +296,9 @@ class ModelRegistry:
         on_disk = version_dirs(self.model_dir)
         current = self.snapshot.servables
         wanted = sorted(on_disk, reverse=True)[:self.num_versions]
+        self._failed = {v: f for v, f in self._failed.items() if v in wanted}
         loaded = {v: s for v, s in current.items() if v in on_disk}
-        for version in (v for v in wanted if v not in current):
+        for version in (v for v in wanted if v not in current and self._due(v, on_disk[v])):
             self._publish(loaded, loading={version})
             servable = self._load(on_disk[version], version)
             if servable is not None:
@@ -244,22 +308,36 @@ class ModelRegistry:
         self._publish(keep)
         return changed
 
+    def _due(self, version: int, path: pathlib.Path) -> bool:
+        failure = self._failed.get(version)
+        return failure is None or time.monotonic() >= failure.retry_at or failure.stamp != _stamp(path)
+
     def _load(self, path: pathlib.Path, version: int) -> Optional[Servable]:
+        stamp = _stamp(path)
         try:
             servable = Servable.load(path, version, self.max_batch)
-        except Exception as error:  # a half-copied folder is retried at the next poll
-            if version not in self._failed:
-                log.warning("version %s of %s did not load (retrying): %s", version, self.model_name, error)
-                self._failed.add(version)
+        except Exception as error:  # a half-copied folder: the old versions keep serving
+            self._record_failure(version, stamp, error)
             return None
-        self._failed.discard(version)
+        self._failed.pop(version, None)
         log.info("serving version %s of %s from %s", version, self.model_name, path)
         return servable
+
+    def _record_failure(self, version: int, stamp: Tuple, error: Exception) -> None:
+        previous = self._failed.get(version)
+        attempts = previous.attempts + 1 if previous is not None and previous.stamp == stamp else 1
+        wait = min(MAX_RETRY_SECONDS, self.poll_seconds * 2 ** attempts)
+        message = f"{type(error).__name__}: {str(error)[:500]}"
+        code = error.error_code if isinstance(error, tf.errors.OpError) else tf.errors.UNKNOWN
+        self._failed[version] = LoadFailure(stamp, attempts, time.monotonic() + wait, message, code)
+        if attempts == 1:
+            log.warning("version %s of %s did not load (retrying with back-off, at once if its files change): %s",
+                        version, self.model_name, message)
 
     def _publish(self, servables: Dict[int, Servable], loading=frozenset()) -> None:
         versions = sorted(servables, reverse=True)
         labels = {"canary": versions[0], "stable": versions[min(1, len(versions) - 1)]} if versions else {}
-        self.snapshot = Snapshot(dict(servables), labels, frozenset(loading))  # one reference swap
+        self.snapshot = Snapshot(dict(servables), labels, frozenset(loading), dict(self._failed))  # one reference swap
 
     def start(self) -> "ModelRegistry":
         self.poll()
@@ -301,16 +379,42 @@ class ModelRegistry:
         return snapshot.servables[version]
 
 
+def _stamp(path: pathlib.Path) -> Tuple:
+    """The names, sizes and modification times of a version's files: a change means a new attempt."""
+    stamp = []
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                info = os.stat(os.path.join(folder, name))
+            except OSError:  # removed while we look: the next poll sees the change
+                continue
+            stamp.append((os.path.relpath(os.path.join(folder, name), path), info.st_size, info.st_mtime_ns))
+    return tuple(sorted(stamp))
+
+
 def _answer(method):
-    """Maps request errors to gRPC status codes; anything else is INTERNAL with its message."""
+    """Runs a request on a model worker within its time limit (`Limits.request_timeout`, or the
+    client's deadline if shorter); request errors become their gRPC status, anything else INTERNAL."""
     def handler(self, request, context):
+        seconds = self.limits.request_timeout
+        if context.time_remaining() is not None:
+            seconds = min(seconds, context.time_remaining())
         try:
-            return method(self, request, context)
+            if self.workers is None:
+                return method(self, request, context)
+            work = self.workers.submit(method, self, request, context)
+            try:
+                return work.result(timeout=max(seconds, 0.0))
+            except futures.TimeoutError:
+                work.cancel()  # not started yet: it never will be; started: it runs to its end
+                raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"no answer within {seconds:.3g} s (the server's request timeout, or the client's "
+                                   f"deadline if shorter): the server is busy") from None
         except RequestError as error:
             context.abort(error.code, str(error))
         except Exception as error:
             log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {str(error)[:500]}")
     handler.__name__ = method.__name__
     return handler
 
@@ -322,8 +426,8 @@ def _response_spec(target, servable: Servable, spec, signature: str) -> None:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
+    def __init__(self, registry: ModelRegistry, limits: Limits, workers: futures.Executor):
+        self.registry, self.limits, self.workers = registry, limits, workers
 
     @_answer
     def Predict(self, request, context):
@@ -360,8 +464,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
+    """Answered on the gRPC thread, not a model worker: a busy server still reports its status."""
+
+    def __init__(self, registry: ModelRegistry, limits: Limits):
+        self.registry, self.limits, self.workers = registry, limits, None
 
     @_answer
     def GetModelStatus(self, request, context):
@@ -369,7 +475,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         if spec.name != self.registry.model_name:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name!r}")
         snapshot = self.registry.snapshot
-        states = {**{v: State.LOADING for v in snapshot.loading}, **{v: State.AVAILABLE for v in snapshot.servables}}
+        states = {**{v: State.END for v in snapshot.failed}, **{v: State.LOADING for v in snapshot.loading},
+                  **{v: State.AVAILABLE for v in snapshot.servables}}
         if spec.HasField("version"):
             if spec.version.value not in states:
                 raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of "
@@ -377,25 +484,32 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             states = {spec.version.value: states[spec.version.value]}
         response = get_model_status_pb2.GetModelStatusResponse()
         for version, state in sorted(states.items()):
-            response.model_version_status.add(version=version, state=state)
+            status = response.model_version_status.add(version=version, state=state)
+            if state == State.END:  # as TF Serving reports a version that failed to load
+                status.status.error_code = snapshot.failed[version].code
+                status.status.error_message = snapshot.failed[version].message
         return response
 
 
-def make_server(registry: ModelRegistry, host: str = "127.0.0.1", port: int = 8500, max_workers: int = 16):
+def make_server(registry: ModelRegistry, host: str = "127.0.0.1", port: int = 8500, limits: Limits = Limits()):
     """A started gRPC server (port 0 picks a free one) and the port it listens on."""
     # no SO_REUSEPORT (gRPC sets it by default): a second server on a taken port must fail, not
     # share the port and split the clients between two servers holding different versions
     options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="llm4msr-grpc"),
-                         options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(registry), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
+    # one gRPC thread per admitted request (they wait on the model workers within the time limit)
+    server = grpc.server(futures.ThreadPoolExecutor(limits.max_concurrent_requests, thread_name_prefix="llm4msr-grpc"),
+                         options=options, maximum_concurrent_rpcs=limits.max_concurrent_requests)
+    workers = futures.ThreadPoolExecutor(limits.model_workers, thread_name_prefix="llm4msr-model")
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(registry, limits, workers),
+                                                                        server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry, limits), server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:  # grpcio >= 1.5x raises where older versions returned 0
         bound = 0
     if not bound:
+        workers.shutdown(wait=False)
         raise OSError(f"cannot listen on {host}:{port} (is another server using the port?)")
     server.start()
     return server, bound

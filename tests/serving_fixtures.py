@@ -17,7 +17,7 @@ import tensorflow as tf
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, KnowledgeRecord, write_knowledge
 from llm4msr.serving.assets import write_serving_assets
 from llm4msr.serving.contract import (ID_INPUTS, PREDICTION_KEY, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE,
-                                     broadcast_to_candidates)
+                                     broadcast_to_candidates, refuse_non_finite)
 from llm4msr.trainer.model import build_model
 from llm4msr.transform.preprocessing import scenario_index
 
@@ -75,7 +75,7 @@ def export_model(path, dim: int, seed: int = 0) -> None:
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(examples):
-        return module.predict(tf.io.parse_example(examples, module.raw_spec))
+        return module.predict(refuse_non_finite(tf.io.parse_example(examples, module.raw_spec)))
 
     raw_signature = {name: tf.TensorSpec([None], tf.string, name=name) for name in ID_INPUTS}
     raw_signature.update({name: tf.TensorSpec([None, dim], tf.float32, name=name)
@@ -84,7 +84,7 @@ def export_model(path, dim: int, seed: int = 0) -> None:
     @tf.function(input_signature=[raw_signature], autograph=False)
     def serve_raw(features):
         return module.predict({k: tf.expand_dims(v, -1) if k in ID_INPUTS else v
-                               for k, v in broadcast_to_candidates(features).items()})
+                               for k, v in broadcast_to_candidates(refuse_non_finite(features)).items()})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(examples):

@@ -23,7 +23,7 @@ from llm4msr.pipeline.knowledge.artifact import COLD_START_ID
 from llm4msr.serving.assets import example
 from llm4msr.serving.client import ServingClient, raw_request
 from llm4msr.serving.knowledge_store import PushedKnowledgeStore
-from llm4msr.serving.server import ModelRegistry, make_server
+from llm4msr.serving.server import Limits, ModelRegistry, make_server
 from serving_fixtures import ITEMS, copy_version, push_model
 
 DIM, MAX_BATCH = 16, 200
@@ -53,7 +53,7 @@ def free_port() -> int:
 class LocalServer:
     def __init__(self, model_dir, port=0, **options):
         self.registry = ModelRegistry(model_dir, max_batch=MAX_BATCH, poll_seconds=0.2, **options).start()
-        self.server, port = make_server(self.registry, port=port, max_workers=8)
+        self.server, port = make_server(self.registry, port=port, limits=Limits(model_workers=8))
         self.target = f"127.0.0.1:{port}"
 
     def stop(self):
@@ -191,7 +191,7 @@ def test_metadata_lists_the_three_signatures(client):
 
 
 def test_status_reports_the_available_version(client):
-    assert client.status() == [{"version": 1, "state": "AVAILABLE", "error_code": 0}]
+    assert client.status() == [{"version": 1, "state": "AVAILABLE", "error_code": 0, "error_message": ""}]
 
 
 def test_classify_scores_examples(local, model_dir):
@@ -251,7 +251,10 @@ MALFORMED = {
     "ragged batch": (_set("user_id", ["3", "3"]), "INVALID_ARGUMENT", "different batch sizes"),
     "more users than candidates": (_both(_set("item_id", ["1"]), _set("user_id", ["3", "3", "3"])),
                                    "INVALID_ARGUMENT", "'user_id' has 3 rows, others 1"),
-    "unknown scenario": (_set("scenario", ["S9"] * 3), "INVALID_ARGUMENT", "unknown scenario id"),
+    "unknown scenario": (_set("scenario", ["S9"] * 3), "INVALID_ARGUMENT",
+                         "unknown scenario id 'S9' (known: S0, S1, S2)"),
+    "no candidates": (_set("item_id", np.array([], object), tf.string), "INVALID_ARGUMENT",
+                      "the request has no rows to score (signature 'predict_raw')"),
     "unknown output": (lambda r: r.output_filter.append("logit"), "INVALID_ARGUMENT", "output_filter"),
     "NaN knowledge": (_set("user_knowledge", np.full((1, DIM), np.nan, np.float32)), "INVALID_ARGUMENT",
                       "input 'user_knowledge' holds a non-finite value (NaN or infinity) in row 0"),
@@ -271,6 +274,39 @@ def test_malformed_requests_are_refused_with_a_clear_message(local, model_dir, f
     with ServingClient(local.target) as client, pytest.raises(grpc.RpcError) as caught:
         client.predict(request)
     assert caught.value.code().name == code, caught.value.details()
+    assert message in caught.value.details()
+
+
+def _examples_request(*serialized) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "llm4msr"
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(np.array(serialized, object), tf.string))
+    return request
+
+
+def _example(store, scenario="S0", user_vector=None):
+    vector = store.user_vector("3") if user_vector is None else user_vector
+    return example("3", scenario, "1", vector, store.scenario_vector("S0")).SerializeToString()
+
+
+BAD_EXAMPLES = {  # serving_default: the knowledge rides in the tf.Example, checked inside the signature
+    "no examples": (lambda store: [], "the request has no rows to score (signature 'serving_default')"),
+    "garbage bytes": (lambda store: [_example(store), b"\xff\xfe not a proto \x00"],
+                      "examples[1] is not a serialized tf.Example"),
+    "unknown scenario": (lambda store: [_example(store, "S9")], "unknown scenario id 'S9' (known: S0, S1, S2)"),
+    "NaN knowledge": (lambda store: [_example(store, user_vector=np.full(DIM, np.nan))],
+                      "input 'user_knowledge' holds a non-finite value (NaN or infinity)"),
+    "infinite knowledge": (lambda store: [_example(store, user_vector=np.full(DIM, -np.inf))],
+                           "input 'user_knowledge' holds a non-finite value (NaN or infinity)"),
+}
+
+
+@pytest.mark.parametrize("fault", BAD_EXAMPLES)
+def test_bad_examples_are_refused_with_a_clear_message(local, model_dir, fault):
+    make, message = BAD_EXAMPLES[fault]
+    with ServingClient(local.target) as client, pytest.raises(grpc.RpcError) as caught:
+        client.predict(_examples_request(*make(PushedKnowledgeStore.latest(model_dir))))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
     assert message in caught.value.details()
 
 
@@ -355,6 +391,82 @@ def test_a_half_written_version_is_retried_while_the_old_one_serves(model_dir, t
     shutil.rmtree(broken)
     copy_version(push_dir, 1, 2)
     assert registry.poll() and sorted(registry.snapshot.servables) == [1, 2]
+
+
+def test_a_broken_version_is_retried_with_back_off_and_reported_in_the_status(model_dir, tmp_path, monkeypatch):
+    from llm4msr.serving import server
+
+    push_dir = tmp_path / "llm4msr"
+    shutil.copytree(model_dir, push_dir)
+    clock = [1000.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
+    attempts = []
+    load = server.Servable.load
+    monkeypatch.setattr(server.Servable, "load", lambda *args: attempts.append(args[1]) or load(*args))
+    registry = ModelRegistry(push_dir, max_batch=MAX_BATCH, poll_seconds=1.0)
+    registry.poll()
+    broken = push_dir / "2"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"truncated")
+    for seconds in range(20):  # it retried every second forever (0.45 core); now after 2, 4, 8, 16 s
+        clock[0] = 1000.0 + seconds
+        registry.poll()
+    assert attempts == [1, 2, 2, 2, 2] and sorted(registry.snapshot.servables) == [1]
+    (broken / "saved_model.pb").write_bytes(b"truncated, and then some")  # a copy still running: retry at once
+    registry.poll()
+    assert attempts[-1] == 2 and len(attempts) == 6
+
+    grpc_server, port = make_server(registry, port=0)
+    try:
+        with ServingClient(f"127.0.0.1:{port}") as client:
+            status = {v["version"]: v for v in client.status()}
+        assert status[1]["state"] == "AVAILABLE"
+        assert status[2]["state"] == "END" and status[2]["error_code"] != 0
+        assert "SavedModel" in status[2]["error_message"]  # the load error, as TF Serving reports it
+    finally:
+        grpc_server.stop(grace=None)
+    shutil.rmtree(broken)
+    copy_version(push_dir, 1, 2)
+    assert registry.poll() and sorted(registry.snapshot.servables) == [1, 2] and not registry.snapshot.failed
+
+
+@pytest.fixture
+def slow_model(monkeypatch):
+    """Every model call takes 1 s (the in-process server runs `server.run`)."""
+    from llm4msr.serving import server
+
+    run = server.run
+    monkeypatch.setattr(server, "run", lambda *args: time.sleep(1.0) or run(*args))
+
+
+def test_requests_beyond_the_limits_get_resource_exhausted_and_deadline_exceeded(model_dir, slow_model):
+    registry = ModelRegistry(model_dir, max_batch=MAX_BATCH)
+    registry.poll()
+    server, port = make_server(registry, port=0, limits=Limits(max_concurrent_requests=2, request_timeout=0.5,
+                                                               model_workers=1))
+    store = PushedKnowledgeStore.latest(model_dir)
+    outcomes = []
+
+    def call():
+        with ServingClient(f"127.0.0.1:{port}", timeout=30) as client:
+            try:
+                client.predict(_valid_request(store))
+                outcomes.append("OK")
+            except grpc.RpcError as error:
+                outcomes.append(error.code().name)
+
+    try:
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for thread in threads:  # one runs (1 s, past the 0.5 s limit), one waits for the worker, one is one too many
+            thread.start()
+            time.sleep(0.1)
+        for thread in threads:
+            thread.join()
+        with ServingClient(f"127.0.0.1:{port}") as client:
+            assert client.status()[0]["state"] == "AVAILABLE"  # status does not wait for a model worker
+    finally:
+        server.stop(grace=None)
+    assert sorted(outcomes) == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"], outcomes
 
 
 def test_the_client_retries_until_the_server_is_up(model_dir):

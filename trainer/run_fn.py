@@ -33,7 +33,7 @@ from tfx_bsl.public import tfxio
 from llm4msr.pipeline.components import (FEATURES, ITEM_KNOWLEDGE, KNOWLEDGE_DIR, KNOWLEDGE_FEATURES, LABEL,
                                          SCENARIO_KNOWLEDGE, USER_KNOWLEDGE)
 from llm4msr.serving.assets import write_serving_assets
-from llm4msr.serving.contract import broadcast_to_candidates
+from llm4msr.serving.contract import broadcast_to_candidates, refuse_non_finite
 from llm4msr.trainer.features import input_spec_from_transform
 from llm4msr.trainer.model import ModelConfig
 from llm4msr.trainer.training import TrainConfig
@@ -154,7 +154,7 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(examples):
-        return predict(tf.io.parse_example(examples, raw_spec))
+        return predict(refuse_non_finite(tf.io.parse_example(examples, raw_spec)))
 
     raw_signature = {name: tf.TensorSpec([None], tf.string, name=name) for name in FEATURES}
     raw_signature.update({name: tf.TensorSpec([None, dim], tf.float32, name=name)
@@ -162,7 +162,7 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
 
     @tf.function(input_signature=[raw_signature], autograph=False)
     def serve_raw(features):
-        features = broadcast_to_candidates(features)
+        features = broadcast_to_candidates(refuse_non_finite(features))
         # the Transform graph was traced on parsed examples, whose scalar features are [B, 1]
         raw = {name: tf.expand_dims(features[name], -1) for name in FEATURES}
         if not reduced:

@@ -132,8 +132,11 @@ def scenario_index(scenario: tf.Tensor, scenario_ids) -> tf.Tensor:
     """Maps scenario ids to 0..S-1; an unknown id fails loudly instead of borrowing another's weights."""
     # a comparison against a handful of ids; a lookup table would be re-initialised on every call
     matches = tf.equal(tf.expand_dims(scenario, -1), tf.constant(list(scenario_ids)))
-    with tf.control_dependencies([tf.debugging.assert_equal(
-            tf.reduce_any(matches, axis=-1), True, message=f"unknown scenario id; known: {', '.join(scenario_ids)}")]):
+    known = tf.reduce_any(matches, axis=-1)
+    # the message quotes the first unknown id (a 60-character prefix of it: a request may carry anything)
+    first_unknown = tf.strings.substr(tf.strings.reduce_join(tf.boolean_mask(scenario, ~known)[:1]), 0, 60)
+    message = tf.strings.join(["unknown scenario id '", first_unknown, f"' (known: {', '.join(scenario_ids)})"])
+    with tf.control_dependencies([tf.debugging.Assert(tf.reduce_all(known), [message])]):
         return tf.argmax(tf.cast(matches, tf.int64), axis=-1)
 
 
