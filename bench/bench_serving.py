@@ -94,12 +94,25 @@ def start_server(model_dir, port: int, workers: int) -> subprocess.Popen:
     return process
 
 
-def swap_under_load(model_dir, client, requests, concurrency: int, after_seconds: float = 1.0) -> dict:
-    """Traffic from `concurrency` threads while a copy of the newest version is pushed as a new
-    version; runs until the new version has answered for `after_seconds`."""
-    pushed = max(version_dirs(model_dir)) + 1
+def publish(model_dir, kind: str) -> int:
+    """A new version, published atomically (staged, then renamed) as a Pusher should: a copy of the
+    newest one, or (`broken`) a copy whose variables are truncated, which must never be served."""
+    model_dir = pathlib.Path(model_dir)
+    newest = max(version_dirs(model_dir))
+    staging = model_dir / f".bench-{newest + 1}"
+    shutil.copytree(model_dir / str(newest), staging)
+    if kind == "broken":
+        for data in (staging / "variables").glob("variables.data-*"):
+            data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    staging.rename(model_dir / str(newest + 1))
+    return newest + 1
+
+
+def traffic_with_pushes(model_dir, client, requests, concurrency: int, seconds: float, pushes) -> dict:
+    """`concurrency` threads send requests for `seconds` while `pushes` [(at seconds, "copy" or
+    "broken")] publish new versions; every failed request is counted (a good request must never fail)."""
     served, errors, latencies = set(), [], []
-    switched, stop = threading.Event(), threading.Event()
+    stop = threading.Event()
 
     def traffic(offset):
         for index in range(offset, 10 ** 9, concurrency):
@@ -114,25 +127,25 @@ def swap_under_load(model_dir, client, requests, concurrency: int, after_seconds
             except grpc.RpcError as error:
                 errors.append(error)
             latencies.append(time.perf_counter() - started)
-            if pushed in served:
-                switched.set()
 
     threads = [threading.Thread(target=traffic, args=(i,)) for i in range(concurrency)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
-    time.sleep(0.5)
-    staging = pathlib.Path(model_dir) / f".bench-{pushed}"
-    shutil.copytree(pathlib.Path(model_dir) / str(pushed - 1), staging)
-    staging.rename(pathlib.Path(model_dir) / str(pushed))  # atomic publish, as a Pusher should
-    switched.wait(120)
-    time.sleep(after_seconds)
+    published = {}
+    for at, kind in pushes:
+        time.sleep(max(0.0, at - (time.perf_counter() - started)))
+        published[publish(model_dir, kind)] = kind
+    time.sleep(max(0.0, seconds - (time.perf_counter() - started)))
     stop.set()
     for thread in threads:
         thread.join()
     p50, p95, p99 = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+    status = {v["version"]: v["state"] for v in client.status()}
     return {"p50": p50, "p95": p95, "p99": p99, "rps": len(latencies) / (time.perf_counter() - started),
-            "errors": len(errors), "versions": sorted(served), "requests": len(latencies)}
+            "errors": len(errors), "versions": sorted(served), "requests": len(latencies),
+            "published": {v: f"{kind}: {status.get(v, 'not listed')}" for v, kind in published.items()},
+            "first_errors": sorted({f"{e.code().name}: {e.details()[:80]}" for e in errors[:20]})}
 
 
 def fixture_model(folder: pathlib.Path, dim: int) -> pathlib.Path:
@@ -164,7 +177,11 @@ def main(argv=None) -> None:
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--requests", type=int, default=500, help="requests per measurement")
     parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--workers", type=int, default=16, help="server gRPC threads")
+    parser.add_argument("--workers", type=int, default=16, help="server model workers")
+    parser.add_argument("--load-clients", type=int, default=16, help="clients of the load test")
+    parser.add_argument("--load-seconds", type=float, default=30.0,
+                        help="load test length (a good version pushed at 1/3, a broken one at 2/3; 0: skip)")
+    parser.add_argument("--load-only", action="store_true", help="skip the latency rows")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -198,13 +215,23 @@ def main(argv=None) -> None:
             with ServingClient(f"127.0.0.1:{port}", store, timeout=30) as client:
                 grpc_call = lambda r: client.score(*r)  # noqa: E731
                 measure(grpc_call, warm, 4)
-                for concurrency in levels:
-                    print(row("gRPC", concurrency, measure(grpc_call, requests, concurrency)), flush=True)
-                alone, remote = paired(call, grpc_call, requests)
-                print(row("in-proc ⇄", 1, alone))
-                print(row("gRPC ⇄", 1, remote) + f" p99 ratio {remote['p99'] / alone['p99']:.2f} (aim <= 2)")
-                swap = swap_under_load(model_dir, client, requests, 4)
-                print(row("gRPC+swap", 4, swap) + f" {swap['requests']} requests, versions served: {swap['versions']}")
+                if not args.load_only:
+                    for concurrency in levels:
+                        print(row("gRPC", concurrency, measure(grpc_call, requests, concurrency)), flush=True)
+                    alone, remote = paired(call, grpc_call, requests)
+                    print(row("in-proc ⇄", 1, alone))
+                    print(row("gRPC ⇄", 1, remote) + f" p99 ratio {remote['p99'] / alone['p99']:.2f} (aim <= 2)")
+                    swap = traffic_with_pushes(model_dir, client, requests, 4, 5.0, [(0.5, "copy")])
+                    print(row("gRPC+swap", 4, swap) + f" {swap['requests']} requests, versions served: "
+                          f"{swap['versions']}", flush=True)
+                if args.load_seconds > 0:
+                    seconds = args.load_seconds
+                    load = traffic_with_pushes(model_dir, client, requests, args.load_clients, seconds,
+                                               [(seconds / 3, "copy"), (2 * seconds / 3, "broken")])
+                    print(row("load test", args.load_clients, load) + f" {load['requests']} requests in {seconds:g} s, "
+                          f"versions served: {load['versions']}, pushed: {load['published']}")
+                    for error in load["first_errors"]:
+                        print(f"  failed: {error}")
         finally:
             server.terminate()
             server.wait(30)

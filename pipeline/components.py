@@ -49,13 +49,14 @@ def CanonicalExampleGen(
     examples: OutputArtifact[standard_artifacts.Examples],
     dataset_dir: Parameter[str],
     dataset_fingerprint: Parameter[str],  # part of the cache key: changed data is never a cache hit
+    code_fingerprint: Parameter[str] = "",  # part of the cache key: new code is never a cache hit
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """Validates the set (errors name file, line and field), then converts interactions.csv to
     tf.Examples in Beam workers, one read routed to the three splits."""
     from llm4msr.pipeline.data.canonical import INTERACTIONS, read_dataset
 
-    del dataset_fingerprint
+    del dataset_fingerprint, code_fingerprint
     read_dataset(dataset_dir)
     path = os.path.join(dataset_dir, INTERACTIONS)
     with open(path, encoding="utf-8") as handle:
@@ -100,13 +101,14 @@ def KnowledgeExtractor(
     cache_dir: Parameter[str] = "",
     batch_size: Parameter[int] = 64,
     levels: Parameter[str] = "user,scenario",  # comma-separated; "item" adds one prompt per item
+    code_fingerprint: Parameter[str] = "",  # part of the cache key: new code is never a cache hit
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """Runs the knowledge Beam pipeline with this pipeline's Beam options; the prompt cache makes
     reruns and new users cheap (see `llm4msr.pipeline.knowledge`)."""
     from llm4msr.pipeline.knowledge.extract import extract_knowledge
 
-    del dataset_fingerprint
+    del dataset_fingerprint, code_fingerprint
     counts = extract_knowledge(dataset_dir, knowledge.uri, model=model, backend=backend,
                                cache_dir=cache_dir or None, batch_size=batch_size,
                                beam_pipeline_args=_beam_args(beam_pipeline), progress=False,
@@ -143,12 +145,14 @@ def KnowledgeJoiner(
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
     joined_examples: OutputArtifact[standard_artifacts.Examples],
     joined_schema: OutputArtifact[standard_artifacts.Schema],
+    code_fingerprint: Parameter[str] = "",  # part of the cache key: new code is never a cache hit
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """Joins knowledge vectors to examples; users (items) the extraction never saw get the cold-start
     vector. Stops, with the anomalies listed, when the ExampleValidator did not bless the data."""
     from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
 
+    del code_fingerprint
     raise_on_anomalies(anomalies)
     store = read_knowledge(knowledge.uri)
 

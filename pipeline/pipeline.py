@@ -10,6 +10,11 @@ import pathlib
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
+import llm4msr.pipeline
+import llm4msr.serving
+import llm4msr.trainer
+import llm4msr.transform
+from llm4msr.files import source_fingerprint
 from llm4msr.pipeline import components, metrics
 from llm4msr.pipeline.data.canonical import dataset_fingerprint
 from llm4msr.pipeline.config import PipelineConfig
@@ -24,8 +29,13 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     dataset_dir = str(pathlib.Path(config.dataset_dir).resolve())
     fingerprint = dataset_fingerprint(dataset_dir)
     scenario_ids = _scenario_ids(dataset_dir)
+    # in every cache key next to the data: a component reruns when the code it runs changed
+    pipeline_code = source_fingerprint(llm4msr.pipeline)
+    transform_code = source_fingerprint(llm4msr.transform)
+    trainer_code = source_fingerprint(llm4msr.trainer, llm4msr.transform, llm4msr.serving)
 
-    example_gen = components.CanonicalExampleGen(dataset_dir=dataset_dir, dataset_fingerprint=fingerprint)
+    example_gen = components.CanonicalExampleGen(dataset_dir=dataset_dir, dataset_fingerprint=fingerprint,
+                                                 code_fingerprint=pipeline_code)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if config.schema_path:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=str(pathlib.Path(config.schema_path).resolve()))
@@ -36,15 +46,17 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
                                                         schema=schema_gen.outputs["schema"])
     knowledge_extractor = components.KnowledgeExtractor(
         dataset_dir=dataset_dir, dataset_fingerprint=fingerprint, model=config.llm_model,
-        backend=config.llm_backend, cache_dir=config.knowledge_cache_dir, levels=",".join(config.knowledge_levels))
+        backend=config.llm_backend, cache_dir=config.knowledge_cache_dir, levels=",".join(config.knowledge_levels),
+        code_fingerprint=pipeline_code)
     knowledge_joiner = components.KnowledgeJoiner(
         examples=example_gen.outputs["examples"], knowledge=knowledge_extractor.outputs["knowledge"],
-        schema=schema_gen.outputs["schema"], anomalies=example_validator.outputs["anomalies"])
+        schema=schema_gen.outputs["schema"], anomalies=example_validator.outputs["anomalies"],
+        code_fingerprint=pipeline_code)
     transform = tfx.components.Transform(
         examples=knowledge_joiner.outputs["joined_examples"], schema=knowledge_joiner.outputs["joined_schema"],
         preprocessing_fn="llm4msr.transform.preprocessing.preprocessing_fn",
         custom_config={"scenarios": scenario_ids, "dataset_dir": dataset_dir,
-                       "knowledge_reduction": config.knowledge_reduction},
+                       "knowledge_reduction": config.knowledge_reduction, "code": transform_code},
         materialize=False)  # the Trainer applies the graph to the joined examples itself
     trainer = tfx.components.Trainer(
         run_fn="llm4msr.trainer.run_fn.run_fn",
@@ -53,7 +65,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         schema=knowledge_joiner.outputs["joined_schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.training.get("max_steps")),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={"model": config.model, "training": config.training, "scenarios": scenario_ids})
+        custom_config={"model": config.model, "training": config.training, "scenarios": scenario_ids,
+                       "code": trainer_code})
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),

@@ -30,6 +30,7 @@ import os
 import pathlib
 import threading
 import time
+import warnings
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
@@ -154,8 +155,9 @@ def run(function, arrays: Mapping[str, np.ndarray]) -> Dict[str, tf.Tensor]:
         bad = _first_unparsable_example(arrays.get("examples"))
         if bad is not None:
             raise invalid(f"examples[{bad}] is not a serialized tf.Example") from None
-        if isinstance(error, UnicodeDecodeError):
-            raise invalid("the model refused the input (its error message quoted bytes that are not utf-8)") from None
+        if isinstance(error, UnicodeDecodeError) or "Could not parse example input" in error.message:
+            raise invalid("a value of 'examples' is not a serialized tf.Example (TensorFlow's parser refused it)") \
+                from None
         raise invalid(f"the model refused the input: {_op_error(error.message)}") from None
 
 
@@ -163,9 +165,13 @@ def _first_unparsable_example(examples: Optional[np.ndarray]) -> Optional[int]:
     """The index of the first value that does not parse as a tf.Example (looked for only after the
     model failed: parsing every request twice would cost ~10 us per example)."""
     for index, value in enumerate([] if examples is None else examples.reshape(-1)):
-        try:
-            example_pb2.Example.FromString(value)
-        except (DecodeError, TypeError):
+        with warnings.catch_warnings(record=True) as warned:  # protobuf warns, not raises, on some garbage
+            warnings.simplefilter("always")
+            try:
+                example_pb2.Example.FromString(value)
+            except (DecodeError, TypeError):
+                return index
+        if warned:
             return index
     return None
 
@@ -193,8 +199,8 @@ def check_inputs(signature: str, signature_def, inputs, max_batch: int) -> Dict[
     for name, proto in inputs.items():
         spec = expected[name]
         if proto.dtype != spec.dtype:
-            raise invalid(f"input {name!r} has dtype {tf.dtypes.as_dtype(proto.dtype).name}, "
-                          f"signature {signature!r} expects {tf.dtypes.as_dtype(spec.dtype).name}")
+            raise invalid(f"input {name!r} has dtype {_dtype_name(proto.dtype)}, "
+                          f"signature {signature!r} expects {_dtype_name(spec.dtype)}")
         wanted = [d.size for d in spec.tensor_shape.dim]
         claimed = [d.size for d in proto.tensor_shape.dim]
         # the claimed shape is checked before the tensor is materialised: a 100-byte proto with one
@@ -219,6 +225,13 @@ def check_inputs(signature: str, signature_def, inputs, max_batch: int) -> Dict[
         raise invalid(f"{batch} rows (candidates) in one request, more than the maximum batch of {max_batch}; "
                       f"split the request")
     return arrays
+
+
+def _dtype_name(enum: int) -> str:
+    try:
+        return tf.dtypes.as_dtype(enum).name
+    except TypeError:  # DT_INVALID (0) or a number no DataType has
+        return f"invalid ({enum})"
 
 
 def _check_rows(arrays: Mapping[str, np.ndarray]) -> int:

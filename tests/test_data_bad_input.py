@@ -147,3 +147,62 @@ def test_an_out_that_is_not_ours_is_never_replaced(tiny_movielens, tmp_path, cap
     (tmp_path / "empty").mkdir()
     assert prepare_into(tmp_path / "empty") == 0 and (tmp_path / "empty" / ".llm4msr-output").is_file()
     assert prepare_into(tmp_path / "empty") == 0
+
+
+# --- fuzz: whatever the files hold, the readers accept them or name file and line ---------------------
+
+def _fuzz_rows(header):
+    from hypothesis import strategies as st
+
+    plausible = st.sampled_from(["u1", "i1", "i2", "feed", "search", "0", "1", "5", "-5", "1e23", "4.0", "", " "])
+    junk = st.text(max_size=12) | st.sampled_from(['"', '""', ",", "\n", "\r\n", "\x00", "\ufeff", "9" * 30])
+    row = st.lists(plausible | junk, min_size=0, max_size=len(header.split(",")) + 1).map(",".join)
+    return st.lists(row, max_size=8).map(lambda rows: header + "\n" + "\n".join(rows) + "\n")
+
+
+def _fuzz_settings():
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=150, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _accepted_or_named(read, folder, file):
+    try:
+        read(folder)
+    except DataError as error:
+        assert error.path.endswith(file) and len(str(error)) < 400, str(error)
+
+
+def test_fuzz_canonical_interactions(tmp_path):
+    from hypothesis import given, strategies as st
+
+    from llm4msr.pipeline.data.canonical import read_dataset
+
+    folder = _canonical(tmp_path, "")
+    header = "user_id,item_id,scenario,label,timestamp"
+
+    @_fuzz_settings()
+    @given(_fuzz_rows(header) | st.binary(max_size=300).map(lambda b: header.encode() + b"\n" + b))
+    def check(content):
+        target = folder / "interactions.csv"
+        target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content, encoding="utf-8")
+        _accepted_or_named(read_dataset, folder, "interactions.csv")
+
+    check()
+
+
+def test_fuzz_movielens_ratings_and_movies(tmp_path):
+    from hypothesis import given
+
+    from llm4msr.pipeline.data.movielens import read_latest
+
+    @_fuzz_settings()
+    @given(_fuzz_rows("userId,movieId,rating,timestamp"), _fuzz_rows("movieId,title,genres"))
+    def check(ratings, movies):
+        folder = _latest(tmp_path, RATINGS + ratings.split("\n", 1)[1], MOVIES + movies.split("\n", 1)[1])
+        try:
+            read_latest(folder)
+        except DataError as error:
+            assert error.path.endswith(("ratings.csv", "movies.csv")) and len(str(error)) < 400, str(error)
+
+    check()

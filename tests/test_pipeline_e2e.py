@@ -166,6 +166,35 @@ def test_rerun_with_nothing_changed_is_cached(first_run, workspace):
         assert states[component] == "CACHED", states
 
 
+def test_changed_code_is_never_a_cache_hit(workspace, tmp_path, monkeypatch):
+    """TFX keys its cache on parameters, not on the code an import path names: each component
+    carries a fingerprint of its source (an edited transform/ once reran nothing)."""
+    import importlib
+
+    from llm4msr.files import source_fingerprint
+    from llm4msr.pipeline import pipeline as pipeline_module
+
+    package = tmp_path / "fingerprinted"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "code.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("fingerprinted")
+    before = source_fingerprint(module)
+    (package / "code.py").write_text("VALUE = 2\n")
+    assert source_fingerprint(module) != before
+
+    def cache_keys():
+        compiled = pipeline_module.create_pipeline(_config(workspace))
+        return {c.id: json.dumps(c.exec_properties, sort_keys=True, default=str) for c in compiled.components}
+
+    current = cache_keys()
+    monkeypatch.setattr(pipeline_module, "source_fingerprint", lambda *modules: "edited")
+    edited = cache_keys()
+    for component in ("CanonicalExampleGen", "KnowledgeExtractor", "KnowledgeJoiner", "Transform", "Trainer"):
+        assert current[component] != edited[component], component
+
+
 def test_a_model_below_the_auc_floor_is_not_pushed(first_run, workspace):
     pushed_before = sorted(os.listdir(workspace / "serving"))
     report = runner.run_local(_config(workspace, auc_floor=0.99))

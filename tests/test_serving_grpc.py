@@ -586,3 +586,71 @@ def test_a_claimed_shape_is_refused_before_the_tensor_is_materialised(monkeypatc
                           (_claimed_shape(3, 100_000_000), "wrong knowledge width")):
         with pytest.raises(server.RequestError, match=message):
             server.check_inputs("predict_raw", signature, {"user_knowledge": bomb}, MAX_BATCH)
+
+
+# --- fuzz: whatever a request holds, the answer is a result or a client error, quickly --------------
+
+def _random_tensor():
+    from hypothesis import strategies as st
+
+    dims = st.lists(st.integers(-3, 10**12) | st.integers(0, 4), max_size=3)
+    shape = st.builds(lambda d, unknown: tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in d], unknown_rank=unknown), dims, st.booleans())
+    dtypes = st.sampled_from([types_pb2.DT_FLOAT, types_pb2.DT_STRING, types_pb2.DT_INT64, types_pb2.DT_DOUBLE,
+                              types_pb2.DT_HALF, types_pb2.DT_BOOL]) | st.integers(0, 200)
+    return st.builds(
+        lambda dtype, shape, floats, strings, ints, content: tensor_pb2.TensorProto(
+            dtype=dtype, tensor_shape=shape, float_val=floats, string_val=strings, int64_val=ints,
+            tensor_content=content),
+        dtypes, shape, st.lists(st.floats(width=32), max_size=40), st.lists(st.binary(max_size=20), max_size=8),
+        st.lists(st.integers(-2**63, 2**63 - 1), max_size=8), st.binary(max_size=64))
+
+
+def test_fuzz_request_validation_answers_with_a_client_error_never_a_crash(model_dir):
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from llm4msr.serving import server
+
+    servable = server.Servable.load(model_dir / "1", 1, MAX_BATCH)
+    store = PushedKnowledgeStore.latest(model_dir)
+    names = ["user_id", "item_id", "scenario", "user_knowledge", "scenario_knowledge", "colour"]
+
+    @settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.dictionaries(st.sampled_from(names), _random_tensor(), max_size=3), st.lists(st.sampled_from(names),
+                                                                                             max_size=2))
+    def check(replaced, removed):
+        request = _valid_request(store)
+        for name in removed:
+            request.inputs.pop(name, None)
+        for name, proto in replaced.items():
+            request.inputs[name].CopyFrom(proto)
+        try:
+            outputs = servable.predict("predict_raw", request.inputs)
+        except server.RequestError as error:
+            assert error.code == grpc.StatusCode.INVALID_ARGUMENT and len(str(error)) < 1000
+        else:
+            assert 0 < outputs["probability"].shape[0] <= MAX_BATCH
+
+    check()
+
+
+def test_fuzz_serialized_examples_answer_with_a_client_error_never_a_crash(model_dir):
+    from hypothesis import given, settings, strategies as st
+
+    from llm4msr.serving import server
+
+    servable = server.Servable.load(model_dir / "1", 1, MAX_BATCH)
+    valid = _example(PushedKnowledgeStore.latest(model_dir))
+    mutated = st.builds(lambda cut, noise: valid[:cut] + noise + valid[cut + len(noise):],
+                        st.integers(0, len(valid)), st.binary(min_size=1, max_size=8))
+
+    @settings(max_examples=150, deadline=2000)
+    @given(st.lists(st.binary(max_size=200) | mutated | st.just(valid), min_size=1, max_size=4))
+    def check(serialized):
+        request = _examples_request(*serialized)
+        try:
+            servable.predict("serving_default", request.inputs)
+        except server.RequestError as error:
+            assert error.code == grpc.StatusCode.INVALID_ARGUMENT and len(str(error)) < 1000
+
+    check()

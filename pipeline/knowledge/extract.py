@@ -8,7 +8,6 @@ current and does nothing: no Beam, no TensorFlow, no tokenizer (a second or less
 ml-latest-small, where rebuilding the prompts alone takes seconds).
 """
 import datetime
-import hashlib
 import json
 import pathlib
 import shutil
@@ -17,7 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import pyarrow.parquet as pq
 
-from llm4msr.files import replace_dir, staging_dir
+from llm4msr.files import replace_dir, source_fingerprint, staging_dir
 from llm4msr.pipeline.data.canonical import dataset_fingerprint, read_dataset
 from llm4msr.pipeline.knowledge import artifact, prompts as prompts_module, templates as templates_module
 from llm4msr.pipeline.knowledge.cache import KnowledgeCache, default_cache_dir
@@ -64,12 +63,9 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
 def _inputs(spec: ModelSpec, templates, dataset_dir, levels: Sequence[str]) -> dict:
     """Everything the artifact's contents depend on; the prompt code is hashed too, so a changed
     prompt builder is not mistaken for an unchanged input."""
-    code = hashlib.sha256()
-    for module in (prompts_module, templates_module):
-        code.update(pathlib.Path(module.__file__).read_bytes())
     return {"dataset": dataset_fingerprint(dataset_dir), "model": spec.fingerprint,
             "templates": combined_version(templates), "levels": sorted(levels),
-            "prompt_code": code.hexdigest()[:16]}
+            "prompt_code": source_fingerprint(prompts_module, templates_module)}
 
 
 def _current_counts(out_dir: pathlib.Path, inputs: dict, started: float) -> Optional[Dict[str, float]]:
