@@ -1,7 +1,7 @@
 """llm4msr: LLM-enhanced multi-scenario recommendation (LLM4MSR) as a TFX product.
 
 The design card puts the sub-packages at the top level of the repository
-(`pipeline/`, `trainer/`, `transform/`, `serving/`, `kubeflow/`); they are
+(`pipeline/`, `trainer/`, `transform/`, `serving/`, `kubeflow/`, plus `experiments/`); they are
 installed as `llm4msr.pipeline`, `llm4msr.trainer`, ... so that user code never
 imports a generic top-level name such as `pipeline`.
 """
@@ -10,7 +10,7 @@ import pathlib
 from setuptools import find_packages, setup
 
 ROOT = pathlib.Path(__file__).parent
-SUBPACKAGES = ["pipeline", "trainer", "transform", "serving", "kubeflow"]
+SUBPACKAGES = ["pipeline", "trainer", "transform", "serving", "kubeflow", "experiments"]
 
 
 def _packages():

@@ -13,7 +13,7 @@ COMMAND_MODULES = [
     "llm4msr.pipeline.cli",
     "llm4msr.pipeline.knowledge.cli",
     "llm4msr.serving.cli",
-    "llm4msr.trainer.benchmark_cli",
+    "llm4msr.experiments.cli",
 ]
 
 

@@ -24,7 +24,7 @@ class PipelineConfig:
     # (0: the LLM's raw vectors); the pushed store then holds the reduced vectors
     knowledge_reduction: int = 0
     # TrainConfig fields (llm4msr.trainer.training: epochs, patience, batch_size, seed, max_steps);
-    # the defaults are TrainConfig's, the same as `llm4msr train` and `llm4msr benchmark`
+    # the defaults are TrainConfig's, the same as `llm4msr train` and `llm4msr grid`
     training: dict = field(default_factory=dict)
     auc_floor: float = 0.55  # blessing: AUC at least this in every scenario and overall
     # ... and no more than this below the last blessed model: above the retraining noise (the same

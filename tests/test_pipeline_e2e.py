@@ -286,3 +286,22 @@ def test_kubeflow_compile_lists_every_component(workspace, tmp_path):
 def test_missing_data_set_is_a_clear_error(tmp_path):
     with pytest.raises(UserFacingError, match="no canonical data set"):
         runner.run_local(PipelineConfig(dataset_dir=str(tmp_path / "nothing"), root=str(tmp_path / "run")))
+
+
+@pytest.mark.parametrize("config, message", [
+    ("auc_floor: high\n", "auc_floor: expected a number >= 0, got 'high'"),
+    ("model: {backbone: transformerXL}\n", "unknown backbone 'transformerXL'"),
+    ("training: {epochs: -1}\n", "epochs"),
+    ("train_epochs: 3\n", "unknown key(s) train_epochs"),
+    ("calibration_band: [1.1, 0.9]\n", "calibration_band: expected [low, high] with 0 < low < high"),
+    ("knowledge_reduction: -4\n", "knowledge_reduction: expected an integer >= 0"),
+])
+def test_a_bad_pipeline_config_is_refused_before_anything_runs(tmp_path, capsys, config, message):
+    from llm4msr.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(config)
+    code = main(["pipeline", "run", "--config", str(path), "--root", str(tmp_path / "run")])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and str(path) in error and "Traceback" not in error, error
+    assert not (tmp_path / "run").exists()

@@ -1,5 +1,5 @@
-"""The one training loop: the TFX `run_fn`, `llm4msr train` and `llm4msr benchmark` all train with
-`fit`, from one `TrainConfig`, so the model the pipeline pushes is the model the benchmark measures.
+"""The one training loop: the TFX `run_fn`, `llm4msr train` and `llm4msr grid` all train with
+`fit`, from one `TrainConfig`, so the model the pipeline pushes is the model the quality grid measures.
 
     ranking, summary = fit(model_config, input_spec, train_batches, eval_batches, TrainConfig())
 

@@ -1,5 +1,6 @@
-"""`llm4msr benchmark`: every backbone x knowledge mode x seed through the fast training path, with
-results.csv / results.md / plots (see `llm4msr.trainer.benchmark`). Interrupt it at any time: a
+"""`llm4msr grid` (the quality grid; `benchmark` is its old name): every backbone x knowledge mode x
+seed through the fast training path, with results.csv / results.md / plots (see
+`llm4msr.experiments.grid`). Interrupt it at any time: a
 rerun with the same arguments resumes, skipping the runs already in results.csv."""
 import json
 import pathlib
@@ -13,7 +14,8 @@ def _names(text):
 
 def add_parser(subparsers) -> None:
     bench = subparsers.add_parser(
-        "benchmark", help="backbones x knowledge modes x seeds grid: results.csv, results.md, plots",
+        "grid", aliases=["benchmark"], help="quality grid, backbones x knowledge modes x seeds: results.csv, "
+                                            "results.md, plots (speed benchmarks: bench/)",
         description="Train every backbone with every knowledge mode and seed (fast path, no TFX) and report "
                     "test metrics overall and per scenario, mean ± std over seeds and the lift of each "
                     "knowledge mode over none. Resumes: runs already in OUT/results.csv are skipped.")
@@ -67,21 +69,21 @@ def _model_overrides(args) -> dict:
 
 
 def _benchmark(args) -> int:
-    from llm4msr.trainer import benchmark
+    from llm4msr.experiments import grid, report
 
     if args.select_from:
-        table = benchmark.select_on_eval(_names(args.select_from), args.out)
+        table = grid.select_on_eval(_names(args.select_from), args.out)
         print(f"wrote {args.out}: {len(table)} runs selected on eval from {args.select_from}")
         return 0
     if args.report_only:
-        table = benchmark.read_results(args.out)
+        table = grid.read_results(args.out)
         if table.empty:
-            raise UserFacingError(f"{args.out}/{benchmark.RESULTS_CSV}: no finished runs to report")
-        benchmark.write_report(table, args.out)
-        print(f"wrote {args.out}/{benchmark.RESULTS_MD} and plots from {len(table)} runs")
+            raise UserFacingError(f"{args.out}/{grid.RESULTS_CSV}: no finished runs to report")
+        report.write_report(table, args.out)
+        print(f"wrote {args.out}/{report.RESULTS_MD} and plots from {len(table)} runs")
         return 0
     if not args.data:
-        raise UserFacingError("benchmark: --data is needed to run a grid")
+        raise UserFacingError("grid: --data is needed to run a grid")
     if args.seed_list:
         try:
             seeds = [int(s) for s in _names(args.seed_list)]
@@ -91,9 +93,9 @@ def _benchmark(args) -> int:
         if args.seeds < 1:
             raise UserFacingError(f"--seeds must be at least 1, got {args.seeds}")
         seeds = list(range(args.seeds))
-    spec = benchmark.GridSpec(args.data, args.out, args.knowledge_dir, backbones=_names(args.backbones),
+    spec = grid.GridSpec(args.data, args.out, args.knowledge_dir, backbones=_names(args.backbones),
                               modes=_names(args.knowledge), seeds=seeds, model=_model_overrides(args),
                               jobs=args.jobs, knowledge_reduction=args.knowledge_reduction, **{name: getattr(args, name) for name in ("epochs", "batch_size", "patience")
                                                  if getattr(args, name) is not None})
-    benchmark.run_grid(spec, overwrite=args.overwrite, log=lambda line: print(line, flush=True))
+    grid.run_grid(spec, overwrite=args.overwrite, log=lambda line: print(line, flush=True))
     return 0

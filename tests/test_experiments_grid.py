@@ -1,4 +1,4 @@
-"""`llm4msr benchmark` on the tiny MovieLens fixture (outputs, resume, settings guard) and the lift
+"""`llm4msr grid` on the tiny MovieLens fixture (outputs, resume, settings guard) and the lift
 arithmetic on a hand-made results table."""
 import math
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from llm4msr.cli import main
-from llm4msr.trainer import benchmark
+from llm4msr.experiments import grid, report, stats
 
 GRID = ["--backbones", "dnn,star", "--knowledge", "none,both", "--seeds", "2", "--epochs", "1",
         "--batch-size", "512"]
@@ -18,7 +18,7 @@ GRID = ["--backbones", "dnn,star", "--knowledge", "none,both", "--seeds", "2", "
 @pytest.fixture(scope="module")
 def finished_grid(tiny_data, tiny_knowledge, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out"
-    code = main(["benchmark", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
+    code = main(["grid", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
                  "--out", str(out)])
     assert code == 0
     return out
@@ -57,18 +57,18 @@ def test_grid_writes_markdown_and_small_plots(finished_grid):
 
 def test_rerun_skips_finished_runs_and_resumes_missing_ones(finished_grid, tiny_data, tiny_knowledge, capsys,
                                                             monkeypatch):
-    table = benchmark.read_results(finished_grid)
+    table = grid.read_results(finished_grid)
     kept = table[~((table["backbone"] == "star") & (table["knowledge"] == "both") & (table["seed"] == 1))]
     kept.to_csv(finished_grid / "results.csv", index=False)  # as if killed before the last run
     trained = []
-    original = benchmark.Workspace.train
+    original = grid.Workspace.train
 
     def counting(self, config, seed, *args, **kwargs):
         trained.append((config.backbone, config.knowledge, seed))
         return original(self, config, seed, *args, **kwargs)
-    monkeypatch.setattr(benchmark.Workspace, "train", counting)
+    monkeypatch.setattr(grid.Workspace, "train", counting)
     capsys.readouterr()
-    code = main(["benchmark", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
+    code = main(["grid", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
                  "--out", str(finished_grid)])
     assert code == 0
     assert trained == [("star", "both", 1)]
@@ -79,20 +79,20 @@ def test_rerun_skips_finished_runs_and_resumes_missing_ones(finished_grid, tiny_
                                   check_dtype=False)
     # nothing left: a third invocation trains nothing
     trained.clear()
-    assert main(["benchmark", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
+    assert main(["grid", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
                  "--out", str(finished_grid)]) == 0
     assert trained == []
 
 
 def test_other_settings_refuse_to_mix_with_existing_results(finished_grid, tiny_data, tiny_knowledge, capsys):
-    code = main(["benchmark", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
+    code = main(["grid", "--data", str(tiny_data), "--knowledge-dir", str(tiny_knowledge), *GRID,
                  "--set", "learning_rate=0.01", "--out", str(finished_grid)])
     assert code == 2
     assert "other settings" in capsys.readouterr().err
 
 
 def test_knowledge_modes_without_knowledge_dir_fail_clearly(tiny_data, tmp_path, capsys):
-    code = main(["benchmark", "--data", str(tiny_data), *GRID, "--out", str(tmp_path / "out")])
+    code = main(["grid", "--data", str(tiny_data), *GRID, "--out", str(tmp_path / "out")])
     assert code == 2
     assert "--knowledge-dir" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -115,12 +115,12 @@ def _hand_table():
 def test_a_settings_hash_that_looks_like_a_number_still_resumes(tmp_path):
     """A hex hash of digits only with a leading zero ("043227887998") came back from results.csv as
     the number 43227887998 and a resumable grid was refused as "other settings"."""
-    benchmark.write_results(tmp_path, [{"backbone": "dnn", "knowledge": "none", "seed": 0, "settings": "043227887998"}])
-    assert benchmark.read_results(tmp_path)["settings"].tolist() == ["043227887998"]
+    grid.write_results(tmp_path, [{"backbone": "dnn", "knowledge": "none", "seed": 0, "settings": "043227887998"}])
+    assert grid.read_results(tmp_path)["settings"].tolist() == ["043227887998"]
 
 
 def test_lift_table_on_a_hand_made_table():
-    lifts = benchmark.lift_table(_hand_table()).set_index(["backbone", "knowledge"])
+    lifts = stats.lift_table(_hand_table()).set_index(["backbone", "knowledge"])
     both = lifts.loc[("dnn", "both")]
     assert both["lift"] == pytest.approx(0.02) and both["lift_pct"] == pytest.approx(100 * 0.02 / 0.71)
     assert both["std_lift"] == pytest.approx(0.0, abs=1e-12)
@@ -138,31 +138,31 @@ def test_lift_table_on_a_hand_made_table():
 def test_lift_is_significant_only_beyond_twice_the_largest_std():
     table = _hand_table()
     table.loc[(table["backbone"] == "dnn") & (table["knowledge"] == "both"), "test_auc"] += 0.001
-    lifts = benchmark.lift_table(table).set_index(["backbone", "knowledge"])
+    lifts = stats.lift_table(table).set_index(["backbone", "knowledge"])
     assert lifts.loc[("dnn", "both"), "significant"]  # 0.021 > 2 x 0.01
 
 
 def test_target_check_requires_significance_and_no_worse_scenario():
     table = _hand_table()
     table.loc[(table["backbone"] == "dnn") & (table["knowledge"] == "both"), "test_auc"] += 0.005
-    check = benchmark.target_check(table, "both").set_index("backbone")
+    check = stats.target_check(table, "both").set_index("backbone")
     assert check.loc["dnn", "met"] and check.loc["dnn", "no_scenario_worse"]
     assert check.loc["dnn", "worst_scenario"] == "S0"
     assert check.loc["dnn", "worst_scenario_lift"] == pytest.approx(0.005)
     assert not check.loc["star", "met"]
-    user = benchmark.target_check(table, "user").set_index("backbone")
+    user = stats.target_check(table, "user").set_index("backbone")
     assert not user.loc["dnn", "no_scenario_worse"] and not user.loc["dnn", "met"]
 
 
 def test_report_renders_from_a_hand_made_table(tmp_path):
     table = _hand_table()
     table["test_logloss"], table["test_gauc"], table["train_seconds"], table["epochs"] = 0.6, 0.6, 10.0, 3
-    benchmark.write_report(table, tmp_path)
-    report = (tmp_path / "results.md").read_text()
-    assert "| dnn | 0.7100 ± 0.0100 |" in report  # none column first
-    assert "| dnn | both | +0.0200 | +2.82 % | 0.0000 | 0.0100 | no | 3 |" in report
+    report.write_report(table, tmp_path)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| dnn | 0.7100 ± 0.0100 |" in markdown  # none column first
+    assert "| dnn | both | +0.0200 | +2.82 % | 0.0000 | 0.0100 | no | 3 |" in markdown
     assert (tmp_path / "lift.png").stat().st_size < 200_000
-    assert not math.isnan(benchmark.summarize(table, "test_auc").loc[("star", "both"), "std"])
+    assert not math.isnan(stats.summarize(table, "test_auc").loc[("star", "both"), "std"])
 
 
 def test_key_slices_and_the_target_use_the_mode_chosen_on_eval(tmp_path):
@@ -172,13 +172,13 @@ def test_key_slices_and_the_target_use_the_mode_chosen_on_eval(tmp_path):
     table["eval_auc"] = table["test_auc"] + np.where(table["knowledge"] == "user", 0.1, 0.0)
     table["test_user_history=0_auc"] = table["test_auc"] + np.where(table["knowledge"] == "both", 0.05, 0.0)
     table["test_user_history=0_examples"] = 40
-    assert benchmark.best_mode_on_eval(table, "dnn") == "user"
-    assert benchmark.best_mode_on_eval(table, "star") == "both"
-    benchmark.write_report(table, tmp_path)
-    report = (tmp_path / "results.md").read_text()
-    assert "new users (no train row) (`user_history=0`)" in report
-    assert "| dnn | both | **+0.0700 ± 0.0000** |" in report  # the key-slice lift, beyond 2σ
-    assert "| dnn | user | +0.0010 vs 2σ" in report and "missed" in report
+    assert stats.best_mode_on_eval(table, "dnn") == "user"
+    assert stats.best_mode_on_eval(table, "star") == "both"
+    report.write_report(table, tmp_path)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "new users (no train row) (`user_history=0`)" in markdown
+    assert "| dnn | both | **+0.0700 ± 0.0000** |" in markdown  # the key-slice lift, beyond 2σ
+    assert "| dnn | user | +0.0010 vs 2σ" in markdown and "missed" in markdown
 
 
 def test_select_keeps_per_cell_the_candidate_best_on_eval_never_on_test(finished_grid, tmp_path, capsys):
@@ -192,7 +192,7 @@ def test_select_keeps_per_cell_the_candidate_best_on_eval_never_on_test(finished
     grid = json.loads((other / "grid.json").read_text())
     grid["settings"]["model"] = {"id_dropout": 0.5}
     (other / "grid.json").write_text(json.dumps(grid))
-    table = benchmark.read_results(other)
+    table = grid.read_results(other)
     star_both = (table["backbone"] == "star") & (table["knowledge"] == "both")
     table.loc[star_both, "eval_auc"] += 0.01  # better on eval in this cell only ...
     table.loc[star_both, "test_auc"] -= 0.05  # ... and worse on test: still chosen
@@ -200,7 +200,7 @@ def test_select_keeps_per_cell_the_candidate_best_on_eval_never_on_test(finished
     table.to_csv(other / "results.csv", index=False)
 
     out = tmp_path / "selected"
-    assert main(["benchmark", "--select-from", f"{finished_grid},{other}", "--out", str(out)]) == 0
+    assert main(["grid", "--select-from", f"{finished_grid},{other}", "--out", str(out)]) == 0
     selected = pd.read_csv(out / "results.csv")
     assert len(selected) == 8
     chosen = selected.groupby(["backbone", "knowledge"])["selected_from"].first().to_dict()
@@ -213,11 +213,11 @@ def test_select_keeps_per_cell_the_candidate_best_on_eval_never_on_test(finished
 
     grid["settings"]["epochs"] = 7  # not only the model differs: refused
     (other / "grid.json").write_text(json.dumps(grid))
-    assert main(["benchmark", "--select-from", f"{finished_grid},{other}", "--out", str(tmp_path / "x")]) != 0
+    assert main(["grid", "--select-from", f"{finished_grid},{other}", "--out", str(tmp_path / "x")]) != 0
     error = capsys.readouterr().err
     assert "differs from" in error and "epochs" in error
 
 
 def test_a_grid_without_data_is_a_clear_error(tmp_path, capsys):
-    assert main(["benchmark", "--out", str(tmp_path / "out")]) == 2
+    assert main(["grid", "--out", str(tmp_path / "out")]) == 2
     assert "--data is needed to run a grid" in capsys.readouterr().err
