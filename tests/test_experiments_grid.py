@@ -189,9 +189,9 @@ def test_select_keeps_per_cell_the_candidate_best_on_eval_never_on_test(finished
 
     other = tmp_path / "idd0.5"
     shutil.copytree(finished_grid, other)
-    grid = json.loads((other / "grid.json").read_text())
-    grid["settings"]["model"] = {"id_dropout": 0.5}
-    (other / "grid.json").write_text(json.dumps(grid))
+    settings = json.loads((other / "grid.json").read_text())
+    settings["settings"]["model"] = {"id_dropout": 0.5}
+    (other / "grid.json").write_text(json.dumps(settings))
     table = grid.read_results(other)
     star_both = (table["backbone"] == "star") & (table["knowledge"] == "both")
     table.loc[star_both, "eval_auc"] += 0.01  # better on eval in this cell only ...
@@ -211,8 +211,8 @@ def test_select_keeps_per_cell_the_candidate_best_on_eval_never_on_test(finished
     assert set(record["choice"]["star"]["both"]["eval_auc"]) == {"out", "idd0.5"}
     assert "Settings chosen per backbone and mode on eval" in (out / "results.md").read_text()
 
-    grid["settings"]["epochs"] = 7  # not only the model differs: refused
-    (other / "grid.json").write_text(json.dumps(grid))
+    settings["settings"]["epochs"] = 7  # not only the model differs: refused
+    (other / "grid.json").write_text(json.dumps(settings))
     assert main(["grid", "--select-from", f"{finished_grid},{other}", "--out", str(tmp_path / "x")]) != 0
     error = capsys.readouterr().err
     assert "differs from" in error and "epochs" in error
