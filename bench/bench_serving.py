@@ -141,11 +141,21 @@ def traffic_with_pushes(model_dir, client, requests, concurrency: int, seconds: 
     for thread in threads:
         thread.join()
     p50, p95, p99 = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
-    status = {v["version"]: v["state"] for v in client.status()}
+    status = _settled_status(client, list(published))
     return {"p50": p50, "p95": p95, "p99": p99, "rps": len(latencies) / (time.perf_counter() - started),
             "errors": len(errors), "versions": sorted(served), "requests": len(latencies),
             "published": {v: f"{kind}: {status.get(v, 'not listed')}" for v, kind in published.items()},
             "first_errors": sorted({f"{e.code().name}: {e.details()[:80]}" for e in errors[:20]})}
+
+
+def _settled_status(client, versions, seconds: float = 60.0) -> dict:
+    """version -> state once none of `versions` is still LOADING (a broken one ends as END)."""
+    deadline = time.perf_counter() + seconds
+    while True:
+        status = {v["version"]: v["state"] for v in client.status()}
+        if time.perf_counter() > deadline or all(status.get(v) != "LOADING" for v in versions):
+            return status
+        time.sleep(0.2)
 
 
 def fixture_model(folder: pathlib.Path, dim: int) -> pathlib.Path:

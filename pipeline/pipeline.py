@@ -11,6 +11,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 import llm4msr.pipeline
+import llm4msr.pipeline.data
 import llm4msr.serving
 import llm4msr.trainer
 import llm4msr.transform
@@ -30,9 +31,10 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     fingerprint = dataset_fingerprint(dataset_dir)
     scenario_ids = _scenario_ids(dataset_dir)
     # in every cache key next to the data: a component reruns when the code it runs changed
+    # (the Transform reads items.csv and users.csv through pipeline/data; run_fn imports pipeline/)
     pipeline_code = source_fingerprint(llm4msr.pipeline)
-    transform_code = source_fingerprint(llm4msr.transform)
-    trainer_code = source_fingerprint(llm4msr.trainer, llm4msr.transform, llm4msr.serving)
+    transform_code = source_fingerprint(llm4msr.transform, llm4msr.pipeline.data)
+    trainer_code = source_fingerprint(llm4msr.trainer, llm4msr.transform, llm4msr.serving, llm4msr.pipeline)
 
     example_gen = components.CanonicalExampleGen(dataset_dir=dataset_dir, dataset_fingerprint=fingerprint,
                                                  code_fingerprint=pipeline_code)
