@@ -28,7 +28,8 @@ import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from llm4msr.serving.client import ServingClient, raw_request  # noqa: E402
-from llm4msr.serving.contract import RAW_SIGNATURE, version_dirs  # noqa: E402
+from llm4msr.contract import RAW_SIGNATURE  # noqa: E402
+from llm4msr.serving.layout import version_dirs  # noqa: E402
 from llm4msr.serving.knowledge_store import PushedKnowledgeStore  # noqa: E402
 
 

@@ -28,7 +28,8 @@ import llm4msr  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
 from llm4msr.trainer.backbones import BACKBONES
-from llm4msr.trainer.features import ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec
+from llm4msr.contract import ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.trainer.features import InputSpec
 from llm4msr.trainer.model import ModelConfig, compile_ranking_model
 
 VOCABULARY = {"user_id": 50_000, "item_id": 20_000, "category": 21, "scenario": 3}

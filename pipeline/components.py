@@ -20,15 +20,13 @@ from tfx import v1 as tfx
 from tfx.types import artifact as tfx_artifact
 from tfx.types import standard_artifacts
 
+from llm4msr.contract import (ITEM_KNOWLEDGE, KNOWLEDGE_FEATURES, LABEL, RAW_FEATURES, SCENARIO_KNOWLEDGE,
+                              USER_KNOWLEDGE)
 from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.data.split import HISTORY, SPLITS
 
-FEATURES = ("user_id", "item_id", "scenario")  # raw string features every example carries
-LABEL = "label"
-USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE = "user_knowledge", "scenario_knowledge", "item_knowledge"
-KNOWLEDGE_FEATURES = (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE)
 EXAMPLES_FILE_FORMAT = "tfrecords_gzip"
-KNOWLEDGE_DIR = "knowledge"  # inside joined examples: the knowledge they were joined with
+JOINED_KNOWLEDGE_DIR = "knowledge"  # inside joined examples: the knowledge they were joined with
 
 component = tfx.dsl.components.component
 InputArtifact, OutputArtifact, Parameter = (
@@ -83,7 +81,7 @@ class _LineToExample(beam.DoFn):
         row = dict(zip(self._header, next(csv.reader([line]))))
         if row["split"] == HISTORY:  # a new user's prompt history: never an example
             return
-        feature = {name: _bytes_feature(row[name]) for name in FEATURES}
+        feature = {name: _bytes_feature(row[name]) for name in RAW_FEATURES}
         feature[LABEL] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row[LABEL])]))
         example = tf.train.Example(features=tf.train.Features(feature=feature))
         yield beam.pvalue.TaggedOutput(row["split"], example.SerializeToString())
@@ -164,7 +162,7 @@ def KnowledgeJoiner(
     names = KNOWLEDGE_FEATURES if store.has_items else (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE)
     _write_schema_with_knowledge(schema, joined_schema, store.dim, names)
     _mark_examples(joined_examples)
-    copy_tree(knowledge.uri, os.path.join(joined_examples.uri, KNOWLEDGE_DIR))
+    copy_tree(knowledge.uri, os.path.join(joined_examples.uri, JOINED_KNOWLEDGE_DIR))
     with beam_pipeline as pipeline:
         users = pipeline | "UserKnowledge" >> beam.Create(user_vectors)
         scenarios = pipeline | "ScenarioKnowledge" >> beam.Create([scenario_vectors])

@@ -15,14 +15,14 @@ import llm4msr.pipeline.data
 import llm4msr.serving
 import llm4msr.trainer
 import llm4msr.transform
+from llm4msr.contract import DEFAULT_SIGNATURE, LABEL, PREDICTION_KEY, SCENARIO, TRANSFORM_SIGNATURE
 from llm4msr.files import source_fingerprint
 from llm4msr.pipeline import components, metrics
 from llm4msr.pipeline.data.canonical import dataset_fingerprint
 from llm4msr.pipeline.config import PipelineConfig
 from llm4msr.transform.preprocessing import SLICES
 
-PREDICTION_KEY = "probability"
-SCENARIO_SLICE = tfma.SlicingSpec(feature_keys=["scenario"])
+SCENARIO_SLICE = tfma.SlicingSpec(feature_keys=[SCENARIO])
 BLESSING_SLICES = [tfma.SlicingSpec(), SCENARIO_SLICE]  # overall and every scenario
 
 
@@ -115,9 +115,9 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     logloss_threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
         upper_bound={"value": config.max_normalized_logloss}))
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key="label",
+        model_specs=[tfma.ModelSpec(signature_name=DEFAULT_SIGNATURE, label_key=LABEL,
                                     prediction_key=PREDICTION_KEY,
-                                    preprocessing_function_names=["transform_features"])],
+                                    preprocessing_function_names=[TRANSFORM_SIGNATURE])],
         slicing_specs=[*BLESSING_SLICES, *(tfma.SlicingSpec(feature_keys=[name]) for name in SLICES)],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="AUC", per_slice_thresholds=gate(auc_threshold)),

@@ -12,8 +12,9 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
 from llm4msr.serving.client import raw_request
-from llm4msr.serving.contract import (DEFAULT_SIGNATURE, ID_INPUTS, KNOWLEDGE_DIR, MODEL_NAME,
-                                      ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, WARMUP_FILE)
+from llm4msr.contract import (DEFAULT_SIGNATURE, ITEM_KNOWLEDGE, MODEL_NAME, RAW_FEATURES, SCENARIO_KNOWLEDGE,
+                              USER_KNOWLEDGE)
+from llm4msr.serving.layout import KNOWLEDGE_DIR, WARMUP_FILE
 from llm4msr.serving.knowledge_store import InMemoryKnowledgeStore
 
 Sample = Tuple[str, str, Sequence[str]]  # user id, scenario, candidate item ids
@@ -63,7 +64,7 @@ def write_warmup(path, store, samples: Sequence[Sample], model_name: str = MODEL
 def example(user_id: str, scenario: str, item_id: str, user_vector, scenario_vector,
             item_vector=None) -> tf.train.Example:
     """The tf.Example `serving_default` parses: the raw features plus the knowledge vectors."""
-    values = dict(zip(ID_INPUTS, (user_id, item_id, scenario)))
+    values = dict(zip(RAW_FEATURES, (user_id, item_id, scenario)))
     feature = {name: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
                for name, value in values.items()}
     vectors = ((USER_KNOWLEDGE, user_vector), (SCENARIO_KNOWLEDGE, scenario_vector), (ITEM_KNOWLEDGE, item_vector))

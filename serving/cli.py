@@ -5,7 +5,8 @@ import signal
 import threading
 
 from llm4msr.errors import UserFacingError
-from llm4msr.serving.contract import DEFAULT_MAX_BATCH, DEFAULT_MODEL_DIR, MODEL_NAME
+from llm4msr.contract import MODEL_NAME
+from llm4msr.serving.layout import DEFAULT_MAX_BATCH, DEFAULT_MODEL_DIR
 
 
 def add_parser(subparsers) -> None:

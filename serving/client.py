@@ -19,8 +19,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from llm4msr.serving.contract import (DEFAULT_MAX_BATCH, MAX_MESSAGE_BYTES, MODEL_NAME, PREDICTION_KEY,
-                                      RAW_SIGNATURE, ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE)
+from llm4msr.contract import (ITEM_KNOWLEDGE, MODEL_NAME, PREDICTION_KEY, RAW_SIGNATURE, SCENARIO_KNOWLEDGE,
+                              USER_KNOWLEDGE)
+from llm4msr.serving.layout import DEFAULT_MAX_BATCH, MAX_MESSAGE_BYTES
 from llm4msr.serving.knowledge_store import KnowledgeStore
 
 _RETRY = {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,

@@ -40,7 +40,7 @@ import numpy as np
 
 from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, Knowledge, read_knowledge
-from llm4msr.serving.contract import KNOWLEDGE_DIR, version_dirs
+from llm4msr.serving.layout import KNOWLEDGE_DIR, version_dirs
 
 
 class KnowledgeStore(abc.ABC):

@@ -45,8 +45,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
                                      prediction_service_pb2_grpc)
 
-from llm4msr.serving.contract import (DEFAULT_MAX_BATCH, DEFAULT_SIGNATURE, MAX_MESSAGE_BYTES, MODEL_NAME,
-                                      PER_CANDIDATE_INPUT, PREDICTION_KEY, WARMUP_FILE, version_dirs)
+from llm4msr.contract import DEFAULT_SIGNATURE, MODEL_NAME, PER_CANDIDATE_INPUT, PREDICTION_KEY
+from llm4msr.serving.layout import DEFAULT_MAX_BATCH, MAX_MESSAGE_BYTES, WARMUP_FILE, version_dirs
 
 log = logging.getLogger(__name__)
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -237,7 +237,7 @@ def _dtype_name(enum: int) -> str:
 def _check_rows(arrays: Mapping[str, np.ndarray]) -> int:
     """The batch (the candidates' rows, when there is a candidate input): every input has its rows,
     or 1 row for the whole request (`predict_raw` repeats those per candidate, see
-    `contract.broadcast_to_candidates`)."""
+    `llm4msr.contract.broadcast_to_candidates`)."""
     if PER_CANDIDATE_INPUT in arrays and arrays[PER_CANDIDATE_INPUT].ndim:
         batch = arrays[PER_CANDIDATE_INPUT].shape[0]
     else:

@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, KnowledgeRecord, write_knowledge
 from llm4msr.serving.assets import write_serving_assets
-from llm4msr.serving.contract import (ID_INPUTS, PREDICTION_KEY, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE,
-                                     broadcast_to_candidates, refuse_non_finite)
+from llm4msr.contract import (PREDICTION_KEY, RAW_FEATURES, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE,
+                              broadcast_to_candidates, refuse_non_finite)
 from llm4msr.trainer.model import build_model
 from llm4msr.transform.preprocessing import scenario_index
 
@@ -45,7 +45,7 @@ class _Exported(tf.Module):
         self.model_variables = list(model.variables)
         self.call_model = lambda features: model(features, training=False)
         self.tables = {name: _vocabulary(values) for name, values in (("user_id", USERS), ("item_id", ITEMS))}
-        self.raw_spec = {name: tf.io.FixedLenFeature([1], tf.string) for name in ID_INPUTS}
+        self.raw_spec = {name: tf.io.FixedLenFeature([1], tf.string) for name in RAW_FEATURES}
         self.raw_spec.update({name: tf.io.FixedLenFeature([dim], tf.float32)
                               for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE)})
 
@@ -77,13 +77,13 @@ def export_model(path, dim: int, seed: int = 0) -> None:
     def serve_examples(examples):
         return module.predict(refuse_non_finite(tf.io.parse_example(examples, module.raw_spec)))
 
-    raw_signature = {name: tf.TensorSpec([None], tf.string, name=name) for name in ID_INPUTS}
+    raw_signature = {name: tf.TensorSpec([None], tf.string, name=name) for name in RAW_FEATURES}
     raw_signature.update({name: tf.TensorSpec([None, dim], tf.float32, name=name)
                           for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE)})
 
     @tf.function(input_signature=[raw_signature], autograph=False)
     def serve_raw(features):
-        return module.predict({k: tf.expand_dims(v, -1) if k in ID_INPUTS else v
+        return module.predict({k: tf.expand_dims(v, -1) if k in RAW_FEATURES else v
                                for k, v in broadcast_to_candidates(refuse_non_finite(features)).items()})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)

@@ -6,7 +6,7 @@ import pytest
 from llm4msr.pipeline.data import canonical
 from llm4msr.pipeline.knowledge.artifact import read_knowledge
 from llm4msr.trainer.fast import Encoder
-from llm4msr.trainer.features import ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.contract import ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
 
 WIDTH = 4
 

@@ -6,7 +6,7 @@ from google.protobuf import text_format
 from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
 from llm4msr.serving import tf_serving_configs as configs
-from llm4msr.serving.contract import KNOWLEDGE_DIR, version_dirs
+from llm4msr.serving.layout import KNOWLEDGE_DIR, version_dirs
 from llm4msr.serving.knowledge_store import InMemoryKnowledgeStore, PushedKnowledgeStore, export_vectors
 from serving_fixtures import SCENARIOS, USERS, write_fixture_knowledge
 

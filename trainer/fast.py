@@ -21,12 +21,13 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
+from llm4msr.contract import (ITEM_KNOWLEDGE, KNOWLEDGE_FEATURES, LABEL, RAW_FEATURES, SCENARIO, SCENARIO_KNOWLEDGE,
+                              USER_ID, USER_KNOWLEDGE)
 from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.data.canonical import Dataset, read_dataset
 from llm4msr.pipeline.knowledge.artifact import Knowledge, read_knowledge
 from llm4msr.trainer import metrics
-from llm4msr.trainer.features import (ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec,
-                                      input_spec_from_transform)
+from llm4msr.trainer.features import InputSpec, input_spec_from_transform
 from llm4msr.trainer.model import ModelConfig
 from llm4msr.trainer.training import TrainConfig, fit
 from llm4msr.transform import preprocessing
@@ -77,8 +78,8 @@ class Encoder:
             features[row_feature] = rows[column].map(index).to_numpy(np.int64)
         slices = {name: np.asarray(preprocessing.slice_names(name), dtype=object)[transformed[name]]
                   for name in preprocessing.SLICES}
-        return Encoded(features, rows["label"].to_numpy(np.float32), rows["user_id"].to_numpy(),
-                       rows["scenario"].to_numpy(), slices)
+        return Encoded(features, rows[LABEL].to_numpy(np.float32), rows[USER_ID].to_numpy(),
+                       rows[SCENARIO].to_numpy(), slices)
 
     def transform(self, rows) -> Dict[str, np.ndarray]:
         """The Transform graph on raw interaction rows (ids as the examples carry them, `[B, 1]`);
@@ -87,9 +88,9 @@ class Encoder:
         for start in range(0, len(rows), ENCODE_CHUNK):
             chunk = rows.iloc[start:start + ENCODE_CHUNK]
             raw = {name: tf.constant(chunk[name].astype(str).to_numpy().reshape(-1, 1))
-                   for name in preprocessing.RAW_FEATURES}
+                   for name in RAW_FEATURES}
             for name, value in self.transform_layer(self._with_knowledge(raw, len(chunk))).items():
-                if name not in preprocessing.KNOWLEDGE_FEATURES:
+                if name not in KNOWLEDGE_FEATURES:
                     outputs.setdefault(name, []).append(value.numpy())
         return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
@@ -227,8 +228,8 @@ def _record_batches(rows, vectors: Optional[Dict[str, np.ndarray]] = None, batch
         return pa.LargeListArray.from_arrays(offsets, pa.array(matrix.astype(np.float32).ravel()))
 
     arrays = {name: column(rows[name].astype(str).str.encode("utf-8"), pa.large_binary())
-              for name in preprocessing.RAW_FEATURES}
-    arrays[preprocessing.LABEL] = column(rows[preprocessing.LABEL].astype(int), pa.int64())
+              for name in RAW_FEATURES}
+    arrays[LABEL] = column(rows[LABEL].astype(int), pa.int64())
     spec = preprocessing.raw_feature_spec()
     for name, matrix in (vectors or {}).items():
         arrays[name] = vector_column(matrix)

@@ -16,9 +16,9 @@ from typing import Dict, List, Mapping, Optional, Union
 
 import tensorflow as tf
 
+from llm4msr.contract import (ITEM_KNOWLEDGE, KNOWLEDGE_FEATURES, LABEL, SCENARIO, SCENARIO_KNOWLEDGE,
+                              USER_KNOWLEDGE)
 from llm4msr.trainer.validation import ConfigError, fail, require_positive  # noqa: F401  (re-exported)
-
-USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE = "user_knowledge", "scenario_knowledge", "item_knowledge"
 
 
 @dataclass
@@ -66,7 +66,7 @@ class InputSpec:
         if self.scenario_feature not in self.categorical:
             fail("InputSpec", "scenario_feature",
                  f"{self.scenario_feature!r} is not a categorical feature ({sorted(self.categorical)})")
-        clash = set(self.dense) & (set(self.categorical) | {USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE})
+        clash = set(self.dense) & (set(self.categorical) | set(KNOWLEDGE_FEATURES))
         if clash:
             fail("InputSpec", "dense", f"names used twice: {sorted(clash)}")
         require_positive("InputSpec", "user_knowledge_dim", self.user_knowledge_dim, allow_zero=True)
@@ -96,7 +96,7 @@ def input_spec_from_transform(tft_output, num_scenarios: int, knowledge_dim: Opt
     its vocabulary (+ the out-of-vocabulary slot), every float scalar a dense one. `knowledge_dim`
     None reads the knowledge widths from the graph's outputs (knowledge joined to the examples);
     otherwise every level has that width (the item level only with `item_knowledge`)."""
-    from llm4msr.transform.preprocessing import LABEL, OOV_BUCKETS, SCENARIO, SLICE_PREFIX
+    from llm4msr.transform.preprocessing import OOV_BUCKETS, SLICE_PREFIX
 
     shapes = tft_output.transformed_feature_spec()
     categorical, dense = {}, []

@@ -27,14 +27,13 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from llm4msr.trainer.backbones import BACKBONES, make_backbone
-from llm4msr.trainer.features import (ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE, InputSpec, fail,
-                                      require_positive)
+from llm4msr.contract import ITEM_KNOWLEDGE, LABEL, PREDICTION_KEY, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.trainer.features import InputSpec, fail, require_positive
 from llm4msr.trainer.layers import (Cross, FeatureEmbedding, IdDropout, KnowledgeProjector, ScenarioCalibration,
                                     ScenarioMetaTower, SemanticMatch, UserMetaStack, no_autograph)
 from llm4msr.trainer.knowledge_modes import KNOWLEDGE_LEVELS, KNOWLEDGE_MODES  # noqa: F401  (re-exported)
 from llm4msr.trainer.optimizer import FusedAdam
 
-LABEL = "label"
 CALIBRATION_LAYER = "calibration"  # ScenarioCalibration, set after training from the eval split
 
 
@@ -206,7 +205,7 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
                                   name="scenario_meta", **meta)
         logit = tf.keras.layers.Add(name="logit")([logit, tower(tower_inputs)])
     logit = ScenarioCalibration(spec.num_scenarios, name=CALIBRATION_LAYER)([logit, scenario])
-    probability = tf.keras.layers.Activation("sigmoid", name="probability")(logit)
+    probability = tf.keras.layers.Activation("sigmoid", name=PREDICTION_KEY)(logit)
     return tf.keras.Model(inputs, probability, name=f"llm4msr_{config.backbone}_{config.knowledge_name.replace('+', '_')}")
 
 

@@ -30,16 +30,15 @@ import tensorflow_transform as tft
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from llm4msr.pipeline.components import (FEATURES, ITEM_KNOWLEDGE, KNOWLEDGE_DIR, KNOWLEDGE_FEATURES, LABEL,
-                                         SCENARIO_KNOWLEDGE, USER_KNOWLEDGE)
+from llm4msr.contract import (DEFAULT_SIGNATURE, ITEM_KNOWLEDGE, KNOWLEDGE_FEATURES, LABEL, PREDICTION_KEY,
+                              RAW_FEATURES, RAW_SIGNATURE, SCENARIO_KNOWLEDGE, TRANSFORM_SIGNATURE, USER_KNOWLEDGE,
+                              broadcast_to_candidates, refuse_non_finite)
+from llm4msr.pipeline.components import JOINED_KNOWLEDGE_DIR
 from llm4msr.serving.assets import write_serving_assets
-from llm4msr.serving.contract import broadcast_to_candidates, refuse_non_finite
 from llm4msr.trainer.features import input_spec_from_transform
 from llm4msr.trainer.model import ModelConfig
 from llm4msr.trainer.training import TrainConfig
 
-PREDICTION_KEY = "probability"
-RAW_SIGNATURE = "predict_raw"
 WARMUP_EXAMPLES = 16
 
 
@@ -67,7 +66,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"))
     ranking, summary = fit(model_config, spec, train, evaluation, training, callbacks, verbose=2)
     export(ranking.model, tft_output, fn_args.serving_model_dir)
-    knowledge = os.path.join(_examples_root(fn_args.train_files), KNOWLEDGE_DIR)
+    knowledge = os.path.join(_examples_root(fn_args.train_files), JOINED_KNOWLEDGE_DIR)
     examples = _serialized_examples(fn_args.eval_files, WARMUP_EXAMPLES)
     with tempfile.TemporaryDirectory() as scratch:
         store = reduced_store(knowledge, tft_output, config["scenarios"][0], os.path.join(scratch, "knowledge"))
@@ -125,7 +124,7 @@ def _warmup_samples(serialized_examples):
     samples = {}
     for record in serialized_examples:
         feature = tf.train.Example.FromString(record).features.feature
-        user, item, scenario = (feature[name].bytes_list.value[0].decode() for name in FEATURES)
+        user, item, scenario = (feature[name].bytes_list.value[0].decode() for name in RAW_FEATURES)
         samples.setdefault((user, scenario), []).append(item)
     return [(user, scenario, items) for (user, scenario), items in samples.items()]
 
@@ -156,7 +155,7 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
     def serve_examples(examples):
         return predict(refuse_non_finite(tf.io.parse_example(examples, raw_spec)))
 
-    raw_signature = {name: tf.TensorSpec([None], tf.string, name=name) for name in FEATURES}
+    raw_signature = {name: tf.TensorSpec([None], tf.string, name=name) for name in RAW_FEATURES}
     raw_signature.update({name: tf.TensorSpec([None, dim], tf.float32, name=name)
                           for name, dim in served_dims.items()})
 
@@ -164,11 +163,11 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
     def serve_raw(features):
         features = broadcast_to_candidates(refuse_non_finite(features))
         # the Transform graph was traced on parsed examples, whose scalar features are [B, 1]
-        raw = {name: tf.expand_dims(features[name], -1) for name in FEATURES}
+        raw = {name: tf.expand_dims(features[name], -1) for name in RAW_FEATURES}
         if not reduced:
             raw.update({name: features[name] for name in served_dims})
             return predict(raw)
-        rows = tf.shape(raw[FEATURES[0]])[0]
+        rows = tf.shape(raw[RAW_FEATURES[0]])[0]
         raw.update({name: tf.zeros([rows, dim]) for name, dim in raw_dims.items()})  # outputs replaced below
         transformed = model.tft_layer(raw)
         transformed.update({name: features[name] for name in served_dims})
@@ -180,9 +179,9 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
         return model.tft_layer(raw)
 
     model.save(path, save_format="tf", signatures={
-        "serving_default": serve_examples,
+        DEFAULT_SIGNATURE: serve_examples,
         RAW_SIGNATURE: serve_raw,
-        "transform_features": transform_features,
+        TRANSFORM_SIGNATURE: transform_features,
     })
 
 

@@ -30,10 +30,8 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_transform as tft
 
-ID_FEATURES = ("user_id", "item_id")
-SCENARIO, LABEL = "scenario", "label"
-RAW_FEATURES = ("user_id", "item_id", "scenario")  # the string inputs every example and request carries
-KNOWLEDGE_FEATURES = ("user_knowledge", "scenario_knowledge", "item_knowledge")
+from llm4msr.contract import KNOWLEDGE_FEATURES, LABEL, RAW_FEATURES, SCENARIO
+
 OOV_BUCKETS = 1
 # Ids with fewer train rows share the out-of-vocabulary embedding, which so learns what a rare or new
 # id looks like. Chosen on eval (ml-latest-small, STAR knowledge=both, 3 seeds): mean eval AUC
