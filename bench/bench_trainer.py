@@ -64,12 +64,12 @@ class RealWorkload:
     def __init__(self, data_dir, knowledge_dir, knowledge_reduction: int = 0):
         from llm4msr.pipeline.data.canonical import read_dataset
         from llm4msr.pipeline.knowledge.artifact import read_knowledge
-        from llm4msr.trainer.fast import Encoder
+        from llm4msr.trainer.fast import ExampleEncoder
 
         self.name = str(data_dir)
         dataset = read_dataset(data_dir)
-        self.encoders = {False: Encoder(dataset),
-                         True: Encoder(dataset, read_knowledge(knowledge_dir), knowledge_reduction)}
+        self.encoders = {False: ExampleEncoder(dataset),
+                         True: ExampleEncoder(dataset, read_knowledge(knowledge_dir), knowledge_reduction)}
         self.train = {knowledge: encoder.encode(dataset, "train") for knowledge, encoder in self.encoders.items()}
 
     def spec(self, knowledge: bool) -> InputSpec:

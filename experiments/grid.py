@@ -118,14 +118,14 @@ class Workspace:
     def __init__(self, data_dir, knowledge_dir=None, need_knowledge: bool = True, knowledge_reduction: int = 0):
         from llm4msr.pipeline.data.canonical import read_dataset
         from llm4msr.pipeline.knowledge.artifact import read_knowledge
-        from llm4msr.trainer.fast import Encoder
+        from llm4msr.trainer.fast import ExampleEncoder
 
         self.data_dir = str(data_dir)
         self.dataset = read_dataset(data_dir)
         self.knowledge = read_knowledge(knowledge_dir) if (knowledge_dir and need_knowledge) else None
         self.encoders, self.splits = {}, {}
         for with_knowledge in ((False, True) if self.knowledge is not None else (False,)):
-            encoder = Encoder(self.dataset, self.knowledge if with_knowledge else None, knowledge_reduction)
+            encoder = ExampleEncoder(self.dataset, self.knowledge if with_knowledge else None, knowledge_reduction)
             splits = {name: encoder.encode(self.dataset, name) for name in ("train", "eval", "test")}
             for name, encoded in splits.items():
                 if not len(encoded.labels):

@@ -9,7 +9,7 @@ import warnings
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of CLI output
-# google-api-core warns on every import that Python 3.10 support ends; TFX 1.16 needs 3.10 (STACK.md).
+# google-api-core warns on every import that Python 3.10 support ends; TFX 1.16 needs 3.10 (docs/STACK.md).
 # Through the environment, so Beam's worker processes stay quiet too.
 _PY310_NOTICE = "ignore::FutureWarning:google.api_core._python_version_support"
 if _PY310_NOTICE not in os.environ.get("PYTHONWARNINGS", ""):

@@ -1,8 +1,8 @@
 """The pipeline's custom TFX components (Python function components running Beam).
 
-- `CanonicalExampleGen`: the canonical data set (../shared/docs/DATA_FORMAT.md) -> `Examples` with
+- `CanonicalExampleGen`: the canonical data set (docs/DATA_FORMAT.md) -> `Examples` with
   its authoritative train/eval/test splits and string ids (CsvExampleGen would infer ids as ints).
-- `KnowledgeExtractor`: prompts -> frozen LLM -> `Knowledge` (vectors, prompts, texts, fingerprint).
+- `KnowledgeExtractor`: prompts -> frozen LLM -> `KnowledgeArtifact` (vectors, prompts, texts, fingerprint).
 - `KnowledgeJoiner`: a Beam join adding `user_knowledge`, `scenario_knowledge` (and `item_knowledge`
   when the knowledge has an item level) to every example,
   refusing data the ExampleValidator found anomalous, and extending the schema with the vectors.
@@ -34,7 +34,7 @@ InputArtifact, OutputArtifact, Parameter = (
 BeamComponentParameter = tfx.dsl.components.BeamComponentParameter
 
 
-class Knowledge(tfx_artifact.Artifact):
+class KnowledgeArtifact(tfx_artifact.Artifact):
     """LLM knowledge: the folder format of `llm4msr.pipeline.knowledge.artifact`."""
 
     TYPE_NAME = "llm4msr.Knowledge"
@@ -91,7 +91,7 @@ class _LineToExample(beam.DoFn):
 
 @component(use_beam=True)
 def KnowledgeExtractor(
-    knowledge: OutputArtifact[Knowledge],
+    knowledge: OutputArtifact[KnowledgeArtifact],
     dataset_dir: Parameter[str],
     dataset_fingerprint: Parameter[str],
     model: Parameter[str] = "minilm",
@@ -138,7 +138,7 @@ def _beam_args(beam_pipeline: beam.Pipeline):
 @component(use_beam=True)
 def KnowledgeJoiner(
     examples: InputArtifact[standard_artifacts.Examples],
-    knowledge: InputArtifact[Knowledge],
+    knowledge: InputArtifact[KnowledgeArtifact],
     schema: InputArtifact[standard_artifacts.Schema],
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
     joined_examples: OutputArtifact[standard_artifacts.Examples],

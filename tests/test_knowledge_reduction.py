@@ -5,7 +5,7 @@ import pytest
 
 from llm4msr.pipeline.data import canonical
 from llm4msr.pipeline.knowledge.artifact import read_knowledge
-from llm4msr.trainer.fast import Encoder
+from llm4msr.trainer.fast import ExampleEncoder
 from llm4msr.contract import ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
 
 WIDTH = 4
@@ -14,7 +14,7 @@ WIDTH = 4
 @pytest.fixture(scope="module")
 def encoded(tiny_data, tiny_knowledge):
     dataset, knowledge = canonical.read_dataset(tiny_data), read_knowledge(tiny_knowledge)
-    return dataset, knowledge, Encoder(dataset, knowledge, WIDTH)
+    return dataset, knowledge, ExampleEncoder(dataset, knowledge, WIDTH)
 
 
 def _train_row_vectors(dataset, encoder, name):
@@ -62,7 +62,7 @@ def test_the_reduction_is_fitted_on_train_rows_only(encoded, tiny_data, tiny_kno
     changed.interactions.loc[held, "label"] = 1 - changed.interactions.loc[held, "label"]
     changed.interactions = changed.interactions.drop_duplicates(["user_id", "item_id", "timestamp"])
     canonical.write_dataset(changed, tmp_path / "changed")
-    other = Encoder(canonical.read_dataset(tmp_path / "changed"), knowledge, WIDTH)
+    other = ExampleEncoder(canonical.read_dataset(tmp_path / "changed"), knowledge, WIDTH)
     for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE):
         np.testing.assert_allclose(other.tables[name][3], encoder.tables[name][3], atol=1e-5, err_msg=name)
     # the item table covers the items of every split, so compare the items both sets have
@@ -75,4 +75,4 @@ def test_the_reduction_is_fitted_on_train_rows_only(encoded, tiny_data, tiny_kno
 
 def test_a_reduction_wider_than_the_vectors_is_a_clear_error(tiny_data, tiny_knowledge):
     with pytest.raises(Exception, match="knowledge_reduction 9 is wider than the user_knowledge vectors"):
-        Encoder(canonical.read_dataset(tiny_data), read_knowledge(tiny_knowledge), 9)
+        ExampleEncoder(canonical.read_dataset(tiny_data), read_knowledge(tiny_knowledge), 9)

@@ -224,12 +224,12 @@ def test_both_paths_see_the_same_features_for_the_same_rows(first_run, workspace
     import tensorflow_transform as tft
 
     from llm4msr.pipeline.data.canonical import read_dataset
-    from llm4msr.trainer.fast import Encoder
+    from llm4msr.trainer.fast import ExampleEncoder
     from llm4msr.trainer.features import input_spec_from_transform
 
     monkeypatch.setenv("LLM4MSR_CACHE_DIR", str(tmp_path / "cache"))
     dataset = read_dataset(workspace / "data")
-    encoder = Encoder(dataset)
+    encoder = ExampleEncoder(dataset)
     pipeline_graph = tft.TFTransformOutput(str(_latest(workspace, "Transform", "transform_graph")))
     pipeline_spec = input_spec_from_transform(pipeline_graph, len(dataset.scenario_ids))
     fast_spec = encoder.input_spec()

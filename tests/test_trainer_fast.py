@@ -8,7 +8,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from llm4msr.cli import main
 from llm4msr.trainer import metrics
-from llm4msr.trainer.fast import Encoder
+from llm4msr.trainer.fast import ExampleEncoder
 
 METRICS = {"auc", "gauc", "logloss", "calibration", "examples"}
 
@@ -79,7 +79,7 @@ def test_batches_hold_every_row_once_per_epoch_with_its_own_label_and_knowledge(
     from llm4msr.pipeline.knowledge.artifact import read_knowledge
 
     dataset, knowledge = read_dataset(tiny_data), read_knowledge(tiny_knowledge)
-    encoder = Encoder(dataset, knowledge)
+    encoder = ExampleEncoder(dataset, knowledge)
     train = encoder.encode(dataset, "train")
     # a row's identity: its user and item indices, year and label; the user fixes its knowledge vector
     features = train.features
@@ -107,7 +107,7 @@ def test_transform_vocabularies_order_by_train_frequency_and_put_unknowns_last(t
     from llm4msr.pipeline.data.canonical import read_dataset
 
     dataset = read_dataset(tiny_data)
-    encoder = Encoder(dataset)
+    encoder = ExampleEncoder(dataset)
     train = dataset.split("train")
     by_frequency = train["item_id"].value_counts()
     top, unseen = by_frequency.index[0], "no-such-item"
@@ -192,7 +192,7 @@ def test_max_steps_caps_training_across_epochs(tiny_data):
     from llm4msr.trainer.training import TrainConfig
 
     dataset = read_dataset(tiny_data)
-    encoder = Encoder(dataset)
+    encoder = ExampleEncoder(dataset)
     splits = {name: encoder.encode(dataset, name) for name in ("train", "eval")}
     ranking, summary = fit_encoded(encoder, splits, ModelConfig(), TrainConfig(epochs=5, batch_size=256, max_steps=12))
     assert int(ranking.optimizer.iterations.numpy()) == 12  # 10 steps per epoch here: stopped inside epoch 2
@@ -227,7 +227,7 @@ def test_calibration_after_training_matches_the_eval_click_rate_per_scenario(tin
     from llm4msr.trainer.training import TrainConfig
 
     dataset = read_dataset(tiny_data)
-    encoder = Encoder(dataset)
+    encoder = ExampleEncoder(dataset)
     splits = {name: encoder.encode(dataset, name) for name in ("train", "eval")}
     old = training.MIN_CALIBRATION_ROWS
     training.MIN_CALIBRATION_ROWS = 50  # the tiny fixture's eval split is small

@@ -46,7 +46,7 @@ class Encoded:
     slices: Dict[str, np.ndarray]  # slice name -> bucket name per row
 
 
-class Encoder:
+class ExampleEncoder:
     """Turns canonical interactions into model inputs with the Transform graph fitted on train."""
 
     def __init__(self, dataset: Dataset, knowledge: Optional[Knowledge] = None, knowledge_reduction: int = 0):
@@ -286,7 +286,7 @@ def train(data_dir, config: ModelConfig, knowledge_dir=None, training: Optional[
     training = training or TrainConfig()
     knowledge = load_knowledge(knowledge_dir, config.knowledge, data_dir)
     dataset = read_dataset(data_dir)
-    encoder = Encoder(dataset, knowledge, knowledge_reduction)
+    encoder = ExampleEncoder(dataset, knowledge, knowledge_reduction)
     splits = {name: encoder.encode(dataset, name) for name in ("train", "eval", "test")}
     for name, encoded in splits.items():
         if not len(encoded.labels):
@@ -301,7 +301,7 @@ def train(data_dir, config: ModelConfig, knowledge_dir=None, training: Optional[
     }
 
 
-def fit_encoded(encoder: Encoder, splits: dict, config: ModelConfig, training: TrainConfig, verbose: int = 0):
+def fit_encoded(encoder: ExampleEncoder, splits: dict, config: ModelConfig, training: TrainConfig, verbose: int = 0):
     """`training.fit` on encoded splits: the train split reshuffled every epoch with the seed."""
     train_batches = encoder.tf_dataset(splits["train"], training.batch_size, shuffle_seed=training.seed)
     eval_batches = encoder.tf_dataset(splits["eval"], training.batch_size)

@@ -1,6 +1,6 @@
 """Public Keras layers: feature embedding, the LLM4MSR meta layers and per-scenario building blocks.
 
-Meta layers (../shared/docs/DESIGN.md, "Meta layers"): a frozen knowledge vector `k` is projected
+Meta layers (docs/DESIGN.md, "Meta layers"): a frozen knowledge vector `k` is projected
 to a small `d_k` (`KnowledgeProjector`); a generator MLP turns it into per-example low-rank weights
 `W(k) = U(k) V(k)^T` and a bias `b(k)` (`MetaWeightGenerator`); `MetaDense` applies
 `y = act(x W(k) + b(k)) + x`. `UserMetaStack` sits at the bottom of a backbone (user knowledge),
@@ -13,6 +13,7 @@ use them load with plain `tf.keras.models.load_model`. Use them in your own func
     from llm4msr.trainer.layers import UserMetaStack
     x = UserMetaStack(num_layers=2, projection_dim=32, rank=4)([features, user_knowledge])
 """
+import inspect
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -27,8 +28,11 @@ serializable = tf.keras.utils.register_keras_serializable(package="llm4msr")
 
 
 def no_autograph(call):
-    """`do_not_convert`, keeping `call`'s signature visible to Keras (it checks for `training`)."""
-    return tf.__internal__.decorator.make_decorator(call, tf.autograph.experimental.do_not_convert(call))
+    """`call` marked `tf.autograph.experimental.do_not_convert`, with its own signature on the wrapper:
+    Keras reads it (`inspect.getfullargspec` honours `__signature__`) to decide whether to pass `training`."""
+    wrapper = tf.autograph.experimental.do_not_convert(call)
+    wrapper.__signature__ = inspect.signature(call)
+    return wrapper
 
 
 @serializable

@@ -1,1 +1,1 @@
-"""Data adapters into the canonical multi-scenario layout (../shared/docs/DATA_FORMAT.md)."""
+"""Data adapters into the canonical multi-scenario layout (docs/DATA_FORMAT.md)."""

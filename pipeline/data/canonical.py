@@ -1,4 +1,4 @@
-"""The canonical multi-scenario data set (../shared/docs/DATA_FORMAT.md): read, validate, write.
+"""The canonical multi-scenario data set (docs/DATA_FORMAT.md): read, validate, write.
 
 Every later stage reads a data set only through `read_dataset`, so the checks here are the
 contract: ids are strings, labels 0/1, timestamps integers, scenarios listed in scenarios.json,

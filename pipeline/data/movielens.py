@@ -1,4 +1,4 @@
-"""Adapters for the MovieLens file formats (../shared/docs/DATA_FORMAT.md, "Source formats").
+"""Adapters for the MovieLens file formats (docs/DATA_FORMAT.md, "Source formats").
 
 Each adapter reads one release's files into the same `MovieLensFiles`: ratings, items (title,
 genres, year) and, where the release has them, users and tags. Turning these into the canonical

@@ -1,4 +1,4 @@
-"""Scenario definitions for MovieLens (../shared/docs/DATA_FORMAT.md, "MovieLens scenarios").
+"""Scenario definitions for MovieLens (docs/DATA_FORMAT.md, "MovieLens scenarios").
 
 A scenario's `description` is the semantic text the scenario-level prompt uses; statistics are
 computed from the data later, never written here.

@@ -1,4 +1,4 @@
-"""Train / eval / test splitting (../shared/docs/DATA_FORMAT.md, "Splits and leakage"), and the
+"""Train / eval / test splitting (docs/DATA_FORMAT.md, "Splits and leakage"), and the
 evaluation regimes where knowledge should matter.
 
 Regimes (`llm4msr data prepare --regime`), applied on top of the split method:
