@@ -209,8 +209,7 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
         return tf.reshape(self.u_head(h), shape), tf.reshape(self.v_head(h), shape), self.b_head(h)
 
     def apply(self, x, z, activation):
-        """`activation(x U(z) V(z)^T + b(z)) + x`, the same value as `low_rank_apply(x, *self(z), ...)`
-        without materialising `U`, `V` (`[B, units, rank]` each), in 2-D GEMMs and element-wise
+        """`activation(x U(z) V(z)^T + b(z)) + x` per example (`U, V, b = self(z)`), without materialising `U`, `V` (`[B, units, rank]` each), in 2-D GEMMs and element-wise
         products only (~1.5x faster on CPU than 3-D broadcasting over the tiny rank axis).
         `U` is linear in the hidden activations `h1 = [h, 1]`: with the head's kernel viewed as
         `Wu [g+1, units, rank]`, `(x U)_j = sum_g h1_g (x Wu_gj)`. So `x` meets every `Wu_gj` in one
@@ -234,13 +233,6 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
                 "hidden_units": self.hidden_units}
 
 
-def low_rank_apply(x, u, v, b, activation):
-    """`activation(x U V^T + b) + x` per example, without forming the `[B, d, d]` weight:
-    `x U` is `[B, rank]`, then `(x U) V^T` is `[B, d]`; O(B d r) work."""
-    xu = tf.einsum("bd,bdr->br", x, u)
-    return activation(tf.einsum("br,bdr->bd", xu, v) + b) + x
-
-
 @serializable
 class MetaDense(tf.keras.layers.Layer):
     """A meta layer: `[x [B, d], z [B, d_k]] -> act(x W(z) + b(z)) + x`, with `W`, `b` generated per
@@ -262,7 +254,7 @@ class MetaDense(tf.keras.layers.Layer):
     @no_autograph
     def call(self, inputs):
         x, z = inputs
-        return self.generator.apply(x, z, self._activation)  # == low_rank_apply(x, *self.generator(z), act)
+        return self.generator.apply(x, z, self._activation)
 
     def get_config(self):
         return {**super().get_config(), "rank": self.rank, "generator_units": self.generator_units,
@@ -321,7 +313,7 @@ class UserMetaStack(tf.keras.layers.Layer):
     @no_autograph
     def call(self, inputs):
         """`x'`, or `(x', z_u)` with `return_projection=True`: the projected user knowledge
-        `[B, projection_dim]`, for a `ScenarioMetaTower(user_projected=True)` to reuse."""
+        `[B, projection_dim]`, for a hierarchical `ScenarioMetaTower` to reuse."""
         x, knowledge = inputs
         z = self.projector(knowledge)
         for layer in self.meta_layers:
@@ -336,35 +328,42 @@ class UserMetaStack(tf.keras.layers.Layer):
 
 @serializable
 class ScenarioMetaTower(tf.keras.layers.Layer):
-    """Scenario-level meta layers in parallel with a backbone: `[x, scenario_knowledge]` or, with
-    `hierarchical=True`, `[x, scenario_knowledge, user_knowledge]` -> a logit `[B, 1]` to add to the
-    backbone's. In the hierarchical form the generators see both projected vectors, so the
-    scenario-level weights are specialised per user too.
+    """Scenario-level meta layers in parallel with a backbone, returning a logit `[B, 1]` to add to
+    the backbone's.
 
-    Two options avoid per-example work on the wide knowledge vectors (`build_model` uses both):
+    Inputs: `[x, scenario_knowledge, scenario]`, or with `hierarchical=True`
+    `[x, scenario_knowledge, user_projection, scenario]`:
 
-    * `user_projected=True`: the third input is the user knowledge already projected (`[B, d_k]`,
-      e.g. `UserMetaStack(return_projection=True)`'s second output), so the user vector is
-      projected once per model, not once per level; the tower then has no user projector.
-    * `num_scenarios=S`: a last input, the scenario index `[B]`, follows. The scenario knowledge is
-      a function of the scenario, so only one row per scenario present in the batch is projected
-      (`[S, d_llm]` instead of `[B, d_llm]`) and the projections are gathered back per example.
-      Rows of the same scenario must be equal (they are by construction: one vector per scenario);
-      otherwise the first row of each scenario in the batch is used.
+    * `x`: `[B, d]` features (e.g. the output of `UserMetaStack`);
+    * `scenario_knowledge`: `[B, d_llm]`, the vector of each example's scenario;
+    * `user_projection`: `[B, projection_dim]`, the user knowledge projected once per model
+      (`UserMetaStack(return_projection=True)`'s second output); the generators then see both, so the
+      scenario-level weights are specialised per user (the paper's hierarchy);
+    * `scenario`: `[B]` or `[B, 1]` int scenario index in `[0, num_scenarios)`.
+
+    The scenario knowledge is a function of the scenario, so only one row per scenario present in the
+    batch is projected (`[S, d_llm]` instead of `[B, d_llm]`) and the projections are gathered back
+    per example. Rows of the same scenario must be equal (one vector per scenario); otherwise the
+    first row of each scenario in the batch is used.
+
+    Args:
+      num_scenarios: number of scenarios S.
+      num_layers: stacked `MetaDense` layers.
+      projection_dim: `d_k` of the scenario knowledge projection.
+      rank, generator_units: of each layer's `MetaWeightGenerator`.
+      hidden_units: the MLP between the meta layers and the logit.
+      hierarchical: whether a user projection is the third input.
+      activation, dropout: of the meta layers and the MLP.
     """
 
-    def __init__(self, num_layers: int = 2, projection_dim: int = 32, rank: int = 4,
+    def __init__(self, num_scenarios: int, num_layers: int = 2, projection_dim: int = 32, rank: int = 4,
                  generator_units: int = 64, hidden_units: Sequence[int] = (32,), hierarchical: bool = False,
-                 activation: str = "relu", dropout: float = 0.0, user_projected: bool = False,
-                 num_scenarios: Optional[int] = None, **kwargs):
+                 activation: str = "relu", dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.num_layers, self.projection_dim, self.rank = num_layers, projection_dim, rank
-        self.generator_units, self.hidden_units = generator_units, list(hidden_units)
+        self.num_scenarios, self.num_layers, self.projection_dim = num_scenarios, num_layers, projection_dim
+        self.rank, self.generator_units, self.hidden_units = rank, generator_units, list(hidden_units)
         self.hierarchical, self.activation, self.dropout = hierarchical, activation, dropout
-        self.user_projected, self.num_scenarios = user_projected, num_scenarios
         self.scenario_projector = KnowledgeProjector(projection_dim, name="scenario_projector")
-        self.user_projector = (KnowledgeProjector(projection_dim, name="user_projector")
-                               if hierarchical and not user_projected else None)
         self.meta_layers = _meta_layers(num_layers, rank, generator_units, activation)
         self.mlp = MLP(self.hidden_units, activation, dropout, name="mlp")
         self.logit = tf.keras.layers.Dense(1, name="logit")
@@ -379,23 +378,19 @@ class ScenarioMetaTower(tf.keras.layers.Layer):
 
     @no_autograph
     def call(self, inputs, training=None):
-        x, scenario_knowledge = inputs[0], inputs[1]
-        if self.num_scenarios:
-            z = self._project_scenarios(scenario_knowledge, inputs[-1])
-        else:
-            z = self.scenario_projector(scenario_knowledge)
+        x, scenario_knowledge, scenario = inputs[0], inputs[1], inputs[-1]
+        z = self._project_scenarios(scenario_knowledge, scenario)
         if self.hierarchical:
-            user = inputs[2]
-            z = tf.concat([z, user if self.user_projected else self.user_projector(user)], axis=1)
+            z = tf.concat([z, inputs[2]], axis=1)
         for layer in self.meta_layers:
             x = layer([x, z])
         return self.logit(self.mlp(x, training=training))
 
     def get_config(self):
-        return {**super().get_config(), "num_layers": self.num_layers, "projection_dim": self.projection_dim,
-                "rank": self.rank, "generator_units": self.generator_units, "hidden_units": self.hidden_units,
-                "hierarchical": self.hierarchical, "activation": self.activation, "dropout": self.dropout,
-                "user_projected": self.user_projected, "num_scenarios": self.num_scenarios}
+        return {**super().get_config(), "num_scenarios": self.num_scenarios, "num_layers": self.num_layers,
+                "projection_dim": self.projection_dim, "rank": self.rank, "generator_units": self.generator_units,
+                "hidden_units": self.hidden_units, "hierarchical": self.hierarchical,
+                "activation": self.activation, "dropout": self.dropout}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -199,9 +199,8 @@ def build_model(config: Union[ModelConfig, Mapping], input_spec: Union[InputSpec
         if config.uses_user_knowledge:
             tower_inputs.append(user_projection)  # the hierarchy: user-specialised scenario weights
         tower_inputs.append(scenario)  # scenario knowledge is projected once per scenario in the batch
-        tower = ScenarioMetaTower(config.meta_layers, hidden_units=config.meta_tower_units,
+        tower = ScenarioMetaTower(spec.num_scenarios, config.meta_layers, hidden_units=config.meta_tower_units,
                                   hierarchical=config.uses_user_knowledge, dropout=config.dropout,
-                                  user_projected=config.uses_user_knowledge, num_scenarios=spec.num_scenarios,
                                   name="scenario_meta", **meta)
         logit = tf.keras.layers.Add(name="logit")([logit, tower(tower_inputs)])
     logit = ScenarioCalibration(spec.num_scenarios, name=CALIBRATION_LAYER)([logit, scenario])
