@@ -14,6 +14,13 @@
     python bench/bench_trainer.py auc --data /tmp/ml-small [--seed 0]
         `llm4msr train` test metrics for every backbone with knowledge=none on a prepared set
         (`llm4msr data prepare --out /tmp/ml-small`).
+    python bench/bench_trainer.py optimizer [--vocabularies 10000 1000000 10000000]
+        the train step time of an embedding model (a user table of each vocabulary size, a 20k-row
+        item table, an MLP; batch 4096, ids uniform) with `LazyAdam` and with Keras' Adam (whose
+        sparse path decays and moves every row), in alternating windows;
+    python bench/bench_trainer.py optimizer-auc --data /tmp/ml-small [--seeds 0 1 2]
+        eval and test AUC of every backbone (knowledge none) trained with `LazyAdam` and with Keras'
+        Adam, seed by seed, and the paired difference.
 
 The machine load (`uptime`) is printed with the figures: other jobs share the cores.
 """
@@ -178,6 +185,90 @@ def run_auc(args) -> None:
     print(f"# {load()}")
 
 
+class EmbeddingStep:
+    """One compiled train step of a user table [vocabulary, 16] + item table [20k, 16] + MLP."""
+
+    def __init__(self, vocabulary: int, optimizer, batch_size: int = 4096):
+        rng = np.random.default_rng(0)
+        self.users = tf.constant(rng.integers(0, vocabulary, size=(16, batch_size)), tf.int64)
+        self.items = tf.constant(rng.integers(0, 20_000, size=(16, batch_size)), tf.int64)
+        self.labels = tf.constant(rng.integers(0, 2, size=(16, batch_size, 1)), tf.float32)
+        self.user_table = tf.keras.layers.Embedding(vocabulary, 16)
+        self.item_table = tf.keras.layers.Embedding(20_000, 16)
+        self.mlp = tf.keras.Sequential([tf.keras.layers.Dense(64, "relu"), tf.keras.layers.Dense(1)])
+        self.mlp(self.embed(0))
+        self.variables = [*self.user_table.trainable_variables, *self.item_table.trainable_variables,
+                          *self.mlp.trainable_variables]
+        self.optimizer = optimizer
+        self.optimizer.build(self.variables)
+        self.step = tf.function(self._step)
+        self.run(3)
+
+    def embed(self, i):
+        return tf.concat([self.user_table(self.users[i]), self.item_table(self.items[i])], axis=1)
+
+    def _step(self, i):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.keras.losses.binary_crossentropy(
+                self.labels[i], self.mlp(self.embed(i)), from_logits=True))
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, self.variables), self.variables))
+        return loss
+
+    def run(self, steps: int) -> float:
+        """Seconds per step over `steps` steps."""
+        started = time.perf_counter()
+        for i in range(steps):
+            self.step(tf.constant(i % 16)).numpy()
+        return (time.perf_counter() - started) / steps
+
+
+def run_optimizer(args) -> None:
+    from llm4msr.trainer.optimizer import LazyAdam
+
+    print(f"# train step ms, embedding 16, batch 4096, median of {WINDOWS} alternating windows; {load()}")
+    print(f"{'user vocabulary':>16}{'LazyAdam':>10}{'Keras Adam':>12}{'Keras / Lazy':>14}")
+    for vocabulary in args.vocabularies:
+        steps = {"lazy": EmbeddingStep(vocabulary, LazyAdam(1e-3)),
+                 "keras": EmbeddingStep(vocabulary, tf.keras.optimizers.Adam(1e-3))}
+        calls = {name: max(3, int(WINDOW_SECONDS / step.run(3))) for name, step in steps.items()}
+        windows = {name: [] for name in steps}
+        for _ in range(WINDOWS):
+            for name, step in steps.items():
+                windows[name].append(step.run(calls[name]))
+        ratio = np.median([k / l for k, l in zip(windows["keras"], windows["lazy"])])
+        lazy, keras = (1e3 * float(np.median(windows[name])) for name in ("lazy", "keras"))
+        print(f"{vocabulary:>16,}{lazy:>10.2f}{keras:>12.2f}{ratio:>13.2f}x", flush=True)
+        del steps
+    print(f"# {load()}")
+
+
+def run_optimizer_auc(args) -> None:
+    import llm4msr.trainer.model as model_module
+    from llm4msr.trainer.fast import train
+    from llm4msr.trainer.optimizer import LazyAdam
+    from llm4msr.trainer.training import TrainConfig
+
+    optimizers = {"LazyAdam": LazyAdam, "Keras Adam": tf.keras.optimizers.Adam}
+    print(f"# llm4msr train --knowledge none on {args.data}, AUC per optimizer; {load()}")
+    print(f"{'backbone':<14}{'seed':>5}" + "".join(f"{'eval ' + n:>17}{'test ' + n:>17}" for n in optimizers)
+          + f"{'test lazy-keras':>16}")
+    differences = []
+    for backbone in args.backbones:
+        for seed in args.seeds:
+            aucs = []
+            for optimizer in optimizers.values():
+                model_module.LazyAdam = optimizer  # the optimizer compile_ranking_model makes
+                result = train(args.data, ModelConfig(backbone=backbone), training=TrainConfig(seed=seed), verbose=0)
+                aucs += [result["eval"]["overall"]["auc"], result["test"]["overall"]["auc"]]
+            model_module.LazyAdam = LazyAdam
+            differences.append(aucs[1] - aucs[3])
+            print(f"{backbone:<14}{seed:>5}" + "".join(f"{a:>17.4f}" for a in aucs) + f"{differences[-1]:>+16.4f}",
+                  flush=True)
+    mean, sd = float(np.mean(differences)), float(np.std(differences, ddof=1))
+    print(f"# test AUC LazyAdam - Keras Adam: mean {mean:+.4f}, sd {sd:.4f}, "
+          f"standard error {sd / np.sqrt(len(differences)):.4f} over {len(differences)} pairs; {load()}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     modes = parser.add_subparsers(dest="mode", required=True)
@@ -199,6 +290,14 @@ def main(argv=None) -> int:
     quality.add_argument("--epochs", type=int, default=10)
     quality.add_argument("--batch-size", type=int, default=1024)
     quality.set_defaults(func=run_auc)
+    steps = modes.add_parser("optimizer")
+    steps.add_argument("--vocabularies", type=int, nargs="+", default=[10_000, 1_000_000, 10_000_000])
+    steps.set_defaults(func=run_optimizer)
+    paired_auc = modes.add_parser("optimizer-auc")
+    paired_auc.add_argument("--data", required=True, help="canonical data set (llm4msr data prepare --out DIR)")
+    paired_auc.add_argument("--backbones", nargs="+", default=sorted(BACKBONES), choices=sorted(BACKBONES))
+    paired_auc.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    paired_auc.set_defaults(func=run_optimizer_auc)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

@@ -32,7 +32,7 @@ from llm4msr.trainer.features import InputSpec, fail, require_positive
 from llm4msr.trainer.layers import (Cross, FeatureEmbedding, IdDropout, KnowledgeProjector, ScenarioCalibration,
                                     ScenarioMetaTower, SemanticMatch, UserMetaStack, no_autograph)
 from llm4msr.trainer.knowledge_modes import KNOWLEDGE_LEVELS, KNOWLEDGE_MODES  # noqa: F401  (re-exported)
-from llm4msr.trainer.optimizer import FusedAdam
+from llm4msr.trainer.optimizer import LazyAdam
 
 CALIBRATION_LAYER = "calibration"  # ScenarioCalibration, set after training from the eval split
 
@@ -255,10 +255,11 @@ class RankingModel(tfrs.Model):
 
 def compile_ranking_model(config: Union[ModelConfig, Mapping], input_spec, steps_per_execution: int = 1,
                           **compile_kwargs) -> RankingModel:
-    """`build_model` + `RankingModel` + Adam (`FusedAdam`) at `config.learning_rate`, ready for `fit`."""
+    """`build_model` + `RankingModel` + Adam (`LazyAdam`: row-sparse on embeddings) at `config.learning_rate`,
+    ready for `fit`."""
     config = ModelConfig.from_dict(config)
     ranking = RankingModel(build_model(config, input_spec))
-    ranking.compile(optimizer=FusedAdam(config.learning_rate),
+    ranking.compile(optimizer=LazyAdam(config.learning_rate),
                     steps_per_execution=steps_per_execution, **compile_kwargs)
     # Creating the slot variables now spares `fit` a second trace of the train step (a tf.function
     # that creates variables on its first call is traced twice).

@@ -3,7 +3,7 @@
 
     ranking, summary = fit(model_config, input_spec, train_batches, eval_batches, TrainConfig())
 
-Adam (`FusedAdam`) at `ModelConfig.learning_rate`; at most `epochs` epochs, early stopping when the
+Adam (`LazyAdam`) at `ModelConfig.learning_rate`; at most `epochs` epochs, early stopping when the
 eval AUC has not improved for `patience` epochs, the best epoch's weights restored; `max_steps` (the
 TFX Trainer's `train_steps`) caps the total number of train steps across epochs.
 """
