@@ -13,7 +13,7 @@ CONFIG ?= configs/default.yaml
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock setup.py scripts/install-env
+$(STAMP): requirements.lock pyproject.toml setup.py scripts/install-env
 	@scripts/install-env $(VENV)
 	@touch $@
 
@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 lock:
-	$(VENV)/bin/uv pip compile requirements.in requirements-dev.in --python-version 3.10 \
+	$(VENV)/bin/uv pip compile pyproject.toml requirements-dev.in --python-version 3.10 \
 	  --python-platform x86_64-manylinux_2_36 -o requirements.lock
 
 clean:

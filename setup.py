@@ -1,15 +1,12 @@
-"""llm4msr: LLM-enhanced multi-scenario recommendation (LLM4MSR) as a TFX product.
+"""Package layout of llm4msr; its metadata and install requirements are in pyproject.toml.
 
 The design card puts the sub-packages at the top level of the repository
 (`pipeline/`, `trainer/`, `transform/`, `serving/`, `kubeflow/`, plus `experiments/`); they are
 installed as `llm4msr.pipeline`, `llm4msr.trainer`, ... so that user code never
 imports a generic top-level name such as `pipeline`.
 """
-import pathlib
-
 from setuptools import find_packages, setup
 
-ROOT = pathlib.Path(__file__).parent
 SUBPACKAGES = ["pipeline", "trainer", "transform", "serving", "kubeflow", "experiments"]
 
 
@@ -25,25 +22,11 @@ def _packages():
     return packages, package_dir
 
 
-def _requirements():
-    lines = (ROOT / "requirements.in").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-
-
 PACKAGES, PACKAGE_DIR = _packages()
 
 setup(
-    name="llm4msr",
-    version="0.1.0",
-    description="LLM-enhanced multi-scenario recommendation on TensorFlow and TFX",
-    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
-    long_description_content_type="text/markdown",
-    license="Apache-2.0",
-    python_requires=">=3.10,<3.11",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     package_data={"": ["*.txt", "*.json", "*.yaml", "*.pbtxt", "*.tmpl"]},
     include_package_data=True,
-    install_requires=_requirements(),
-    entry_points={"console_scripts": ["llm4msr = llm4msr.cli:main"]},
 )

@@ -130,6 +130,18 @@ def test_the_three_signatures_answer_on_real_examples(first_run, workspace):
     assert transformed["item_knowledge"].shape == (16, REDUCTION)
 
 
+def test_the_readme_pushed_model_example_scores_the_pushed_version(first_run, workspace):
+    from readme_examples import readme_example
+
+    code = readme_example("pushed model")
+    assert 'MODEL_DIR = "runs/serving/llm4msr"' in code  # make run's serving dir, replaced by this run's
+    scope = {}
+    exec(compile(code.replace('"runs/serving/llm4msr"', repr(str(workspace / "serving"))), "README.md", "exec"), scope)
+    assert scope["store"].version == int(pathlib.Path(first_run["pushed"]).name)
+    probabilities = scope["probabilities"]
+    assert probabilities.shape == (3, 1) and np.all((probabilities > 0) & (probabilities < 1))
+
+
 def test_the_client_fills_item_vectors_from_the_pushed_store(first_run, workspace):
     """Over real gRPC: the client sends one item vector per candidate, from the version's store;
     an item the store does not know gets the cold-start item vector, and the scores are the
