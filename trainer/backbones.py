@@ -6,9 +6,15 @@ Backbones plug in by name::
     @register_backbone("my_net")
     class MyNet(Backbone):
         config_fields = ("hidden_units", "dropout")   # ModelConfig fields passed to __init__
-        def __init__(self, num_scenarios, hidden_units=(64,), dropout=0.0, **kwargs): ...
+
+        def __init__(self, num_scenarios, hidden_units=(64,), dropout=0.0, **kwargs):
+            super().__init__(num_scenarios, hidden_units=list(hidden_units), dropout=dropout, **kwargs)
+            ...
+
         @no_autograph
-    def call(self, inputs, training=None): x, scenario = inputs; ...
+        def call(self, inputs, training=None):
+            x, scenario = inputs
+            ...
 
 after which `ModelConfig(backbone="my_net")` builds it. A built backbone is an ordinary layer, so it
 can also be used directly in a user's own functional model:
@@ -26,7 +32,17 @@ BACKBONES: Dict[str, Type["Backbone"]] = {}
 
 
 def register_backbone(name: str):
-    """Class decorator: makes a backbone buildable by name and deserialisable by Keras."""
+    """Class decorator: makes a `Backbone` subclass buildable by name and deserialisable by Keras.
+
+    Sets the class's `backbone_name`, adds it to `BACKBONES` and registers it as Keras-serialisable
+    under the package `llm4msr`.
+
+    Args:
+      name: the `ModelConfig.backbone` value that selects it.
+
+    Returns:
+      The decorator, which returns the class.
+    """
     def register(cls):
         cls.backbone_name = name
         BACKBONES[name] = cls
@@ -35,13 +51,37 @@ def register_backbone(name: str):
 
 
 def make_backbone(config, num_scenarios: int) -> "Backbone":
+    """Builds the backbone a model config names.
+
+    Args:
+      config: a `ModelConfig`; `config.backbone` names the backbone, whose `config_fields` are read
+        from it.
+      num_scenarios: number of scenarios S.
+
+    Returns:
+      An unbuilt `Backbone`.
+
+    Raises:
+      ConfigError: `config.backbone` is not registered.
+    """
     if config.backbone not in BACKBONES:
         fail("ModelConfig", "backbone", f"unknown backbone {config.backbone!r} (expected one of {sorted(BACKBONES)})")
     return BACKBONES[config.backbone].from_model_config(config, num_scenarios)
 
 
 class Backbone(tf.keras.layers.Layer):
-    """Base class: stores its constructor arguments so `get_config` is automatic."""
+    """Base class of the backbones: stores its constructor arguments so `get_config` is automatic.
+
+    Subclasses pass their own arguments on to `__init__` as keywords and name in `config_fields`
+    those read from a `ModelConfig` (`from_model_config`). Every backbone is called on
+    `[x, scenario]`, `x` `[B, d]` and `scenario` `[B]` or `[B, 1]` int index in
+    `[0, num_scenarios)`, with `training`, and returns a `[B, 1]` logit.
+
+    Args:
+      num_scenarios: number of scenarios S.
+      **kwargs: the subclass's own arguments, stored for `get_config`, and the base `Layer`'s
+        `name` (default: the registered `backbone_name`), `trainable` and `dtype`.
+    """
     backbone_name = ""
     config_fields: Sequence[str] = ()
 
@@ -53,6 +93,7 @@ class Backbone(tf.keras.layers.Layer):
 
     @classmethod
     def from_model_config(cls, config, num_scenarios: int) -> "Backbone":
+        """The backbone with the `config_fields` of `config` (a `ModelConfig`) as its arguments."""
         return cls(num_scenarios=num_scenarios, **{name: getattr(config, name) for name in cls.config_fields})
 
     def get_config(self):
@@ -61,7 +102,20 @@ class Backbone(tf.keras.layers.Layer):
 
 @register_backbone("dnn")
 class DNN(Backbone):
-    """One MLP for all scenarios; the scenario is just another input feature (the baseline)."""
+    """One MLP for all scenarios, then a logit; the scenario is just another input feature (the baseline).
+
+    Args:
+      num_scenarios: number of scenarios S (kept in the config; the scenario is not used).
+      hidden_units: widths of the ReLU MLP.
+      dropout: dropout rate after every MLP layer.
+
+    Inputs:
+      `[x, scenario]`: `x` `[B, d]`; `scenario` is ignored.
+      `training`: whether dropout is active.
+
+    Returns:
+      `[B, 1]` logit.
+    """
     config_fields = ("hidden_units", "dropout")
 
     def __init__(self, num_scenarios, hidden_units=(128, 64), dropout=0.0, **kwargs):
@@ -76,7 +130,21 @@ class DNN(Backbone):
 
 @register_backbone("shared_bottom")
 class SharedBottom(Backbone):
-    """A shared MLP bottom, then one tower per scenario."""
+    """A shared MLP bottom, then one tower per scenario (`ScenarioTower`).
+
+    Args:
+      num_scenarios: number of scenarios S.
+      hidden_units: widths of the shared ReLU bottom.
+      tower_units: widths of each scenario tower's hidden layers.
+      dropout: dropout rate after every layer of the bottom and the towers.
+
+    Inputs:
+      `[x, scenario]`: `x` `[B, d]`, `scenario` `[B]` or `[B, 1]` int index in `[0, num_scenarios)`.
+      `training`: whether dropout is active.
+
+    Returns:
+      `[B, 1]` logit.
+    """
     config_fields = ("hidden_units", "tower_units", "dropout")
 
     def __init__(self, num_scenarios, hidden_units=(128, 64), tower_units=(32,), dropout=0.0, **kwargs):
@@ -93,7 +161,25 @@ class SharedBottom(Backbone):
 
 @register_backbone("mmoe")
 class MMoE(Backbone):
-    """Multi-gate mixture of experts: shared experts, one softmax gate and one tower per scenario."""
+    """Multi-gate mixture of experts: shared experts, one softmax gate and one tower per scenario.
+
+    The experts (`ExpertBank`) all run on `x`; each example's gate (a linear `ScenarioDense` over
+    `x`) mixes them, and its scenario's tower reads the mixture.
+
+    Args:
+      num_scenarios: number of scenarios S.
+      num_experts: number of shared experts.
+      expert_units: widths of every expert's ReLU layers.
+      tower_units: widths of each scenario tower's hidden layers.
+      dropout: dropout rate after every tower hidden layer.
+
+    Inputs:
+      `[x, scenario]`: `x` `[B, d]`, `scenario` `[B]` or `[B, 1]` int index in `[0, num_scenarios)`.
+      `training`: whether dropout is active.
+
+    Returns:
+      `[B, 1]` logit.
+    """
     config_fields = ("num_experts", "expert_units", "tower_units", "dropout")
 
     def __init__(self, num_scenarios, num_experts=4, expert_units=(64,), tower_units=(32,), dropout=0.0, **kwargs):
@@ -112,10 +198,30 @@ class MMoE(Backbone):
 
 @serializable
 class CGCLevel(tf.keras.layers.Layer):
-    """One customised-gate-control level of PLE, specialised to multi-scenario data: each example
-    carries its own scenario's stream and the shared stream. Its scenario gate mixes its scenario's
-    experts with the shared experts; the shared gate (not on the last level) mixes the same experts
-    into the next shared stream. Other scenarios' experts never touch the example."""
+    """One customised-gate-control level of PLE, specialised to multi-scenario data.
+
+    Each example carries its own scenario's stream and the shared stream. Its scenario's experts
+    read its own stream and the shared experts the shared stream; its scenario gate (a linear
+    `ScenarioDense` over the own stream) mixes both sets into the next own stream, and the shared
+    gate (a `Dense` over the shared stream, not on the last level) mixes the same experts into the
+    next shared stream. Other scenarios' experts never touch the example. The scenario experts'
+    variables are `per_scenario_expert_*`, `[num_scenarios * scenario_experts, ...]`, scenario-major.
+
+    Args:
+      num_scenarios: number of scenarios S.
+      shared_experts: number of shared experts.
+      scenario_experts: number of experts per scenario.
+      expert_units: widths of every expert's ReLU layers.
+      last: whether this is the last level (no shared gate; the shared output is the own one).
+
+    Inputs:
+      `[own, shared, scenario]`: the own and shared streams, `[B, d_own]` and `[B, d_shared]`
+      (both `x` on the first level), and `scenario` `[B]` or `[B, 1]` int index in
+      `[0, num_scenarios)`.
+
+    Returns:
+      `(next_own, next_shared)`, each `[B, expert_units[-1]]`.
+    """
 
     def __init__(self, num_scenarios, shared_experts=2, scenario_experts=1, expert_units=(64,),
                  last=False, **kwargs):
@@ -152,7 +258,27 @@ class CGCLevel(tf.keras.layers.Layer):
 
 @register_backbone("ple")
 class PLE(Backbone):
-    """Progressive layered extraction: stacked CGC levels, then one tower per scenario."""
+    """Progressive layered extraction: stacked CGC levels, then one tower per scenario.
+
+    Both streams of the first `CGCLevel` are `x`; the last level's own stream feeds the example's
+    scenario tower (`ScenarioTower`).
+
+    Args:
+      num_scenarios: number of scenarios S.
+      num_experts: number of shared experts per level.
+      scenario_experts: number of experts per scenario per level.
+      expert_units: widths of every expert's ReLU layers.
+      ple_levels: number of CGC levels.
+      tower_units: widths of each scenario tower's hidden layers.
+      dropout: dropout rate after every tower hidden layer.
+
+    Inputs:
+      `[x, scenario]`: `x` `[B, d]`, `scenario` `[B]` or `[B, 1]` int index in `[0, num_scenarios)`.
+      `training`: whether dropout is active.
+
+    Returns:
+      `[B, 1]` logit.
+    """
     config_fields = ("num_experts", "scenario_experts", "expert_units", "ple_levels", "tower_units", "dropout")
 
     def __init__(self, num_scenarios, num_experts=2, scenario_experts=1, expert_units=(64,), ple_levels=2,
@@ -175,10 +301,26 @@ class PLE(Backbone):
 
 @serializable
 class PartitionedNormalization(tf.keras.layers.Layer):
-    """STAR's partitioned normalisation: batch normalisation whose statistics are kept per scenario
-    and whose scale and shift are `gamma * gamma_s` and `beta + beta_s` (shared and per-scenario).
-    In training each example is normalised by its own scenario's batch statistics (STAR trains on
-    single-scenario batches; this is the same for mixed batches)."""
+    """STAR's partitioned normalisation: batch normalisation with per-scenario statistics.
+
+    The statistics are kept per scenario and the scale and shift are `gamma * gamma_s` and
+    `beta + beta_s` (shared and per-scenario). In training each example is normalised by its own
+    scenario's batch statistics (STAR trains on single-scenario batches; this is the same for mixed
+    batches) and the moving statistics of the scenarios present in the batch are updated; at
+    inference the moving statistics are used.
+
+    Args:
+      num_scenarios: number of scenarios S.
+      momentum: of the moving statistics.
+      epsilon: added to the variance.
+
+    Inputs:
+      `[x, scenario]`: `x` `[B, d]`, `scenario` `[B]` or `[B, 1]` int index in `[0, num_scenarios)`.
+      `training`: whether to normalise by the batch statistics (and update the moving ones).
+
+    Returns:
+      `[B, d]`.
+    """
 
     def __init__(self, num_scenarios: int, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
         super().__init__(**kwargs)
@@ -226,8 +368,13 @@ class PartitionedNormalization(tf.keras.layers.Layer):
 
 @serializable
 class StarDense(ScenarioDense):
-    """STAR's star-topology fully connected layer: scenario `s` uses `W * W_s` and `b + b_s`
-    (a shared centre and per-scenario weights, multiplied element-wise)."""
+    """STAR's star-topology fully connected layer: scenario `s` uses `W * W_s` and `b + b_s`.
+
+    A shared centre (`shared_kernel` `[d, units]`, `shared_bias` `[units]`) and per-scenario
+    weights (`ScenarioDense`'s, the kernels starting at ones), the kernels multiplied element-wise.
+
+    Args, inputs and returns: those of `ScenarioDense`.
+    """
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -247,9 +394,25 @@ class StarDense(ScenarioDense):
 
 @register_backbone("star")
 class STAR(Backbone):
-    """STAR (Sheng et al., CIKM 2021): partitioned normalisation, a star-topology FCN and an
-    auxiliary network (fed with the same features, which include the scenario embedding) whose
-    logit is added to the FCN's."""
+    """STAR (Sheng et al., CIKM 2021): partitioned normalisation, a star-topology FCN, an auxiliary net.
+
+    `x` goes through `PartitionedNormalization` and a ReLU `StarDense` FCN with dropout to a
+    `StarDense` logit; the auxiliary network (an `MLP` on the unnormalised `x`, which includes the
+    scenario embedding) gives a logit that is added to the FCN's.
+
+    Args:
+      num_scenarios: number of scenarios S.
+      hidden_units: widths of the star-topology FCN.
+      tower_units: widths of the auxiliary network.
+      dropout: dropout rate after every FCN and auxiliary layer.
+
+    Inputs:
+      `[x, scenario]`: `x` `[B, d]`, `scenario` `[B]` or `[B, 1]` int index in `[0, num_scenarios)`.
+      `training`: whether dropout is active and the normalisation uses batch statistics.
+
+    Returns:
+      `[B, 1]` logit.
+    """
     config_fields = ("hidden_units", "tower_units", "dropout")
 
     def __init__(self, num_scenarios, hidden_units=(128, 64), tower_units=(32,), dropout=0.0, **kwargs):

@@ -23,13 +23,23 @@ import tensorflow_recommenders as tfrs
 from llm4msr.trainer.features import as_vector
 
 serializable = tf.keras.utils.register_keras_serializable(package="llm4msr")
-# Keras runs subclassed layers' `call` through AutoGraph, which costs seconds per model build and
-# trace. These calls have no tensor-dependent Python control flow, so they skip the conversion.
 
 
 def no_autograph(call):
-    """`call` marked `tf.autograph.experimental.do_not_convert`, with its own signature on the wrapper:
-    Keras reads it (`inspect.getfullargspec` honours `__signature__`) to decide whether to pass `training`."""
+    """Decorator: a layer's `call` that Keras runs without AutoGraph conversion.
+
+    Keras runs subclassed layers' `call` through AutoGraph, which slows every model build and trace.
+    The calls in this package have no tensor-dependent Python control flow, so they skip it. The
+    wrapper is `tf.autograph.experimental.do_not_convert(call)` with `call`'s own signature set as
+    its `__signature__`: Keras reads it (`inspect.getfullargspec` honours it) to decide whether to
+    pass `training`.
+
+    Args:
+      call: a layer's `call` method.
+
+    Returns:
+      The wrapped method, with `call`'s signature.
+    """
     wrapper = tf.autograph.experimental.do_not_convert(call)
     wrapper.__signature__ = inspect.signature(call)
     return wrapper
@@ -37,9 +47,26 @@ def no_autograph(call):
 
 @serializable
 class FeatureEmbedding(tf.keras.layers.Layer):
-    """Embeds each categorical feature (int64 index -> `embedding_dim` floats) and appends the dense
-    scalars: a dict of features -> `[B, len(vocab_sizes) * embedding_dim + len(dense_features)]`.
-    Features are taken in sorted name order, so the layout does not depend on dict order."""
+    """Embeds the categorical features of a feature dict and appends its dense scalars.
+
+    Each categorical feature's int index is looked up in its own `Embedding` table
+    (`embedding_{name}`); the dense features are cast to the compute dtype and appended as they are.
+    Features are taken in sorted name order, so the layout does not depend on dict order; keys of
+    the dict that are in neither list are ignored.
+
+    Args:
+      vocab_sizes: categorical feature name -> vocabulary size (number of rows of its table,
+        including any out-of-vocabulary slot).
+      embedding_dim: width of every embedding.
+      dense_features: names of float scalar features appended after the embeddings (default none).
+
+    Inputs:
+      A dict name -> tensor: `[B]` or `[B, 1]` int64 indices in `[0, vocab_sizes[name])` for the
+      categorical features, `[B]` or `[B, 1]` numbers for the dense ones.
+
+    Returns:
+      `[B, len(vocab_sizes) * embedding_dim + len(dense_features)]`.
+    """
 
     def __init__(self, vocab_sizes: Dict[str, int], embedding_dim: int = 16,
                  dense_features: Sequence[str] = (), **kwargs):
@@ -65,13 +92,27 @@ class FeatureEmbedding(tf.keras.layers.Layer):
 
 @serializable
 class IdDropout(tf.keras.layers.Layer):
-    """While training, replaces each id index by the out-of-vocabulary index with probability
-    `rate` (DropoutNet-style cold-start training); at inference it passes ids through.
+    """Replaces id indices by the out-of-vocabulary index at random while training (cold-start training).
 
-    Without it the out-of-vocabulary embedding of a data set where every user has enough train
-    rows is never trained, and nothing teaches the model what to do for a user it does not know:
-    with it, the shared unknown-id embedding is trained, and the knowledge path (the LLM's reading
-    of the user's history) learns to carry the user when the id is missing."""
+    DropoutNet-style: in training each index is replaced with probability `rate`; at inference the
+    ids pass through. Without it the out-of-vocabulary embedding of a data set where every user has
+    enough train rows is never trained, and nothing teaches the model what to do for a user it does
+    not know: with it, the shared unknown-id embedding is trained, and the knowledge path (the
+    LLM's reading of the user's history) learns to carry the user when the id is missing. Draws
+    follow the global seed (`tf.random.set_seed`), as Keras' `Dropout` does.
+
+    Args:
+      oov_index: the index that replaces a dropped id (the feature's out-of-vocabulary slot).
+      rate: probability of replacing each id while training; 0 (the default) makes the layer the
+        identity.
+
+    Inputs:
+      ids: int index tensor of any shape, e.g. `[B]` or `[B, 1]`.
+      training: Python bool or a symbolic learning phase; ids are dropped only when it is true.
+
+    Returns:
+      A tensor of the shape and dtype of `ids`.
+    """
 
     def __init__(self, oov_index: int, rate: float = 0.0, **kwargs):
         super().__init__(**kwargs)
@@ -95,7 +136,20 @@ class IdDropout(tf.keras.layers.Layer):
 
 @serializable
 class MLP(tf.keras.layers.Layer):
-    """Dense layers with an activation and dropout after each; `[B, d] -> [B, units[-1]]`."""
+    """A stack of `Dense` layers, each followed by the activation and dropout.
+
+    Args:
+      units: width of each `Dense` layer, bottom first.
+      activation: applied after every layer, the last one included.
+      dropout: dropout rate after every layer; 0 (the default) adds no dropout.
+
+    Inputs:
+      x: `[B, d]`.
+      training: whether dropout is active.
+
+    Returns:
+      `[B, units[-1]]`.
+    """
 
     def __init__(self, units: Sequence[int], activation: str = "relu", dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
@@ -118,7 +172,19 @@ class MLP(tf.keras.layers.Layer):
 
 @serializable
 class Cross(tfrs.layers.dcn.Cross):
-    """TFRS's DCN cross layer `x0 * (W x + b) + x`, called without AutoGraph (see `no_autograph`)."""
+    """TFRS's DCN cross layer `x0 * (W x + b) + x`, called without AutoGraph (see `no_autograph`).
+
+    Args:
+      Those of `tfrs.layers.dcn.Cross` (e.g. `projection_dim` for a low-rank `W`, `use_bias`,
+      `diag_scale`, initialisers and regularisers).
+
+    Inputs:
+      x0: `[B, d]`, the input of the first cross layer.
+      x: `[B, d]`, the previous cross layer's output; None (the default) means `x0`.
+
+    Returns:
+      `[B, d]`.
+    """
 
     @no_autograph
     def call(self, x0, x=None):
@@ -130,16 +196,29 @@ class Cross(tfrs.layers.dcn.Cross):
 
 @serializable
 class KnowledgeProjector(tf.keras.layers.Layer):
-    """Projects a frozen LLM knowledge vector `[B, d_llm]` to `[B, units]`. The vector is layer-
-    normalised first because hidden-state scales differ a lot between LLMs.
+    """Projects a frozen LLM knowledge vector to a small width: `Dense(LayerNormalization(k))`.
 
-    `Dense(LayerNorm(k))` is computed in one fused, exact form: with `m`, `s` the row mean and
-    `1/sqrt(var + eps)`, it equals `s * (k @ (gamma * W) - m * sum(gamma * W)) + (beta @ W + b)`.
-    The `[B, d_llm]` work is one matmul and the row statistics; the normalised `[B, d_llm]` tensor
-    and its backward pass (the costly part: ~8x the projection itself on CPU) never exist.
-    The knowledge is frozen: no gradient flows back into it, which lets the kernel's gradient be
-    computed as `(G^T k)^T`, ~1.4x faster on CPU than TF's `k^T G`. Variables are those of the
-    `LayerNormalization` and `Dense` sublayers, so checkpoints are unchanged."""
+    The vector is layer-normalised first because hidden-state scales differ a lot between LLMs.
+    The two are computed in one fused, exact form: with `m`, `s` the row mean and
+    `1/sqrt(var + eps)`, `Dense(LayerNorm(k))` equals
+    `s * (k @ (gamma * W) - m * sum(gamma * W)) + (beta @ W + b)`. The `[B, d_llm]` work is one
+    matmul and the row statistics; the normalised `[B, d_llm]` tensor and its backward pass, the
+    costly part on CPU, never exist. The knowledge is frozen: no gradient flows back into it, which
+    lets the kernel's gradient be computed as `(G^T k)^T`, packing the tall `k` once in its own
+    layout, instead of TF's `k^T G` (see `bench/bench_trainer.py`). Variables are those of the
+    `LayerNormalization` and `Dense` sublayers (`norm`, `dense`), so checkpoints are those of the
+    unfused form.
+
+    Args:
+      units: width `d_k` of the projection.
+      activation: of the projection; None (the default) is linear.
+
+    Inputs:
+      knowledge: `[B, d_llm]` float knowledge vectors; no gradient flows into them.
+
+    Returns:
+      `[B, units]`.
+    """
 
     def __init__(self, units: int = 32, activation: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
@@ -179,10 +258,24 @@ def _frozen_input_matmul(inputs, kernel):
 
 @serializable
 class MetaWeightGenerator(tf.keras.layers.Layer):
-    """Generates, per example, the low-rank factors of a `units x units` weight and a bias from the
-    projected knowledge `z`: `z -> (U [B, units, rank], V [B, units, rank], b [B, units])`, so that
-    `W(z) = U V^T`. The output heads start small, so a meta layer starts close to the identity
-    (its residual) and cannot destabilise the backbone early in training."""
+    """Generates per-example low-rank weights `W(z) = U(z) V(z)^T` and a bias `b(z)` from knowledge `z`.
+
+    A hidden ReLU layer reads the projected knowledge `z`; three linear heads give the factors
+    `U`, `V` of a `units x units` weight and the bias. The heads start small, so a meta layer starts
+    close to the identity (its residual) and cannot destabilise the backbone early in training.
+    `MetaDense` uses `apply`, which computes the layer's output without materialising `U` and `V`.
+
+    Args:
+      units: width `d` of the input the generated weight applies to (the weight is `d x d`).
+      rank: rank of the generated weight.
+      hidden_units: width of the hidden layer.
+
+    Inputs:
+      z: `[B, d_k]` projected knowledge.
+
+    Returns:
+      `(U, V, b)`: `[B, units, rank]`, `[B, units, rank]` and `[B, units]`.
+    """
 
     def __init__(self, units: int, rank: int = 4, hidden_units: int = 64, **kwargs):
         super().__init__(**kwargs)
@@ -209,12 +302,24 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
         return tf.reshape(self.u_head(h), shape), tf.reshape(self.v_head(h), shape), self.b_head(h)
 
     def apply(self, x, z, activation):
-        """`activation(x U(z) V(z)^T + b(z)) + x` per example (`U, V, b = self(z)`), without materialising `U`, `V` (`[B, units, rank]` each), in 2-D GEMMs and element-wise
-        products only (~1.5x faster on CPU than 3-D broadcasting over the tiny rank axis).
-        `U` is linear in the hidden activations `h1 = [h, 1]`: with the head's kernel viewed as
-        `Wu [g+1, units, rank]`, `(x U)_j = sum_g h1_g (x Wu_gj)`. So `x` meets every `Wu_gj` in one
-        GEMM (`[B, rank * (g+1)]`), the product with `h1` tiled per rank and a block-sum GEMM give
-        `x U`, and `(x U) V^T + b` is one GEMM of `[(x U)_j h1_g, h1]` with `[Wv; Wb]`."""
+        """The meta layer's output `activation(x U(z) V(z)^T + b(z)) + x`, per example (`U, V, b = self(z)`).
+
+        Computed without materialising `U`, `V` (`[B, units, rank]` each), in 2-D GEMMs and
+        element-wise products only, which on CPU beats 3-D broadcasting over the tiny rank axis
+        (see `bench/bench_trainer.py`). `U` is linear in the hidden activations `h1 = [h, 1]`: with
+        the head's kernel viewed as `Wu [g+1, units, rank]`, `(x U)_j = sum_g h1_g (x Wu_gj)`. So `x`
+        meets every `Wu_gj` in one GEMM (`[B, rank * (g+1)]`), the product with `h1` tiled per rank
+        and a block-sum GEMM give `x U`, and `(x U) V^T + b` is one GEMM of `[(x U)_j h1_g, h1]` with
+        `[Wv; Wb]`. The layer must be built.
+
+        Args:
+          x: `[B, units]`.
+          z: `[B, d_k]` projected knowledge.
+          activation: a callable applied before the residual.
+
+        Returns:
+          `[B, units]`.
+        """
         d, r, g1 = self.units, self.rank, self.hidden_units + 1
         h = self.hidden(z)
         h1 = tf.concat([h, tf.ones_like(h[:, :1])], axis=1)  # [B, g+1]: the heads' biases ride along
@@ -235,8 +340,22 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
 
 @serializable
 class MetaDense(tf.keras.layers.Layer):
-    """A meta layer: `[x [B, d], z [B, d_k]] -> act(x W(z) + b(z)) + x`, with `W`, `b` generated per
-    example by its own `MetaWeightGenerator` (created at build time, once `d` is known)."""
+    """A meta layer: a residual dense layer whose weight and bias are generated per example from knowledge.
+
+    Computes `act(x W(z) + b(z)) + x` with the low-rank `W(z)` and `b(z)` of its own
+    `MetaWeightGenerator` (`generator`, created at build time, once the width `d` of `x` is known).
+
+    Args:
+      rank: rank of the generated `d x d` weight.
+      generator_units: width of the generator's hidden layer.
+      activation: applied before the residual.
+
+    Inputs:
+      `[x, z]`: `x` `[B, d]` features, `z` `[B, d_k]` projected knowledge.
+
+    Returns:
+      `[B, d]`.
+    """
 
     def __init__(self, rank: int = 4, generator_units: int = 64, activation: str = "relu", **kwargs):
         super().__init__(**kwargs)
@@ -267,17 +386,22 @@ def _meta_layers(count, rank, generator_units, activation):
 
 @serializable
 class SemanticMatch(tf.keras.layers.Layer):
-    """User–item semantic match: `[z_user, item_knowledge] -> [B, d + 1]`.
+    """User–item semantic match of the projected user knowledge and the item's knowledge.
 
-    The item's frozen knowledge vector `[B, d_llm]` is projected (`KnowledgeProjector`) to the width
-    `d` of the projected user knowledge `z_user` `[B, d]`; the output is their elementwise product
-    and their dot product scaled by `1/sqrt(d)`, so every backbone sees how well the item's text
-    matches the user's.
+    The item's frozen knowledge vector is projected (a linear `KnowledgeProjector`,
+    `item_projector`, created at build time) to the width `d` of the projected user knowledge
+    `z_user`; the output is their elementwise product and their dot product scaled by `1/sqrt(d)`,
+    so every backbone sees how well the item's text matches the user's.
 
     Args:
-        inputs: `[z_user, item_knowledge]`.
+      Only the base `Layer` arguments (`name`, ...).
+
+    Inputs:
+      `[z_user, item_knowledge]`: `z_user` `[B, d]` (e.g. `UserMetaStack(return_projection=True)`'s
+      second output), `item_knowledge` `[B, d_llm]`.
+
     Returns:
-        float32 `[B, d + 1]`.
+      `[B, d + 1]`: the product `[B, d]`, then the scaled dot product.
     """
 
     def build(self, input_shape):
@@ -298,8 +422,26 @@ class SemanticMatch(tf.keras.layers.Layer):
 
 @serializable
 class UserMetaStack(tf.keras.layers.Layer):
-    """User-level meta layers at the bottom of a backbone: `[x, user_knowledge] -> x'` (same width),
-    personalising the input representation before the backbone sees it."""
+    """User-level meta layers at the bottom of a backbone: `[x, user_knowledge] -> x'` (same width).
+
+    The user knowledge is projected once (`KnowledgeProjector`, `user_projector`) and drives a
+    stack of `MetaDense` layers, personalising the input representation before the backbone sees
+    it.
+
+    Args:
+      num_layers: stacked `MetaDense` layers.
+      projection_dim: `d_k` of the user knowledge projection.
+      rank, generator_units: of each layer's `MetaWeightGenerator`.
+      activation: of the meta layers.
+      return_projection: also return the projected user knowledge, for a hierarchical
+        `ScenarioMetaTower` (and `SemanticMatch`) to reuse.
+
+    Inputs:
+      `[x, user_knowledge]`: `x` `[B, d]` features, `user_knowledge` `[B, d_llm]`.
+
+    Returns:
+      `x'` `[B, d]`, or with `return_projection=True` `(x', z_u)` with `z_u` `[B, projection_dim]`.
+    """
 
     def __init__(self, num_layers: int = 2, projection_dim: int = 32, rank: int = 4,
                  generator_units: int = 64, activation: str = "relu", return_projection: bool = False, **kwargs):
@@ -312,8 +454,6 @@ class UserMetaStack(tf.keras.layers.Layer):
 
     @no_autograph
     def call(self, inputs):
-        """`x'`, or `(x', z_u)` with `return_projection=True`: the projected user knowledge
-        `[B, projection_dim]`, for a hierarchical `ScenarioMetaTower` to reuse."""
         x, knowledge = inputs
         z = self.projector(knowledge)
         for layer in self.meta_layers:
@@ -328,23 +468,14 @@ class UserMetaStack(tf.keras.layers.Layer):
 
 @serializable
 class ScenarioMetaTower(tf.keras.layers.Layer):
-    """Scenario-level meta layers in parallel with a backbone, returning a logit `[B, 1]` to add to
-    the backbone's.
+    """Scenario-level meta layers in parallel with a backbone: a logit `[B, 1]` to add to the backbone's.
 
-    Inputs: `[x, scenario_knowledge, scenario]`, or with `hierarchical=True`
-    `[x, scenario_knowledge, user_projection, scenario]`:
-
-    * `x`: `[B, d]` features (e.g. the output of `UserMetaStack`);
-    * `scenario_knowledge`: `[B, d_llm]`, the vector of each example's scenario;
-    * `user_projection`: `[B, projection_dim]`, the user knowledge projected once per model
-      (`UserMetaStack(return_projection=True)`'s second output); the generators then see both, so the
-      scenario-level weights are specialised per user (the paper's hierarchy);
-    * `scenario`: `[B]` or `[B, 1]` int scenario index in `[0, num_scenarios)`.
-
-    The scenario knowledge is a function of the scenario, so only one row per scenario present in the
-    batch is projected (`[S, d_llm]` instead of `[B, d_llm]`) and the projections are gathered back
-    per example. Rows of the same scenario must be equal (one vector per scenario); otherwise the
-    first row of each scenario in the batch is used.
+    The scenario knowledge is projected (`KnowledgeProjector`, `scenario_projector`) and drives a
+    stack of `MetaDense` layers, followed by an `MLP` and a one-unit `Dense` logit. The scenario
+    knowledge is a function of the scenario, so only one row per scenario present in the batch is
+    projected (`[S, d_llm]` instead of `[B, d_llm]`) and the projections are gathered back per
+    example. Rows of the same scenario must be equal (one vector per scenario); otherwise the first
+    row of each scenario in the batch is used.
 
     Args:
       num_scenarios: number of scenarios S.
@@ -354,6 +485,22 @@ class ScenarioMetaTower(tf.keras.layers.Layer):
       hidden_units: the MLP between the meta layers and the logit.
       hierarchical: whether a user projection is the third input.
       activation, dropout: of the meta layers and the MLP.
+
+    Inputs:
+      `[x, scenario_knowledge, scenario]`, or with `hierarchical=True`
+      `[x, scenario_knowledge, user_projection, scenario]`:
+
+      * `x`: `[B, d]` features (e.g. the output of `UserMetaStack`);
+      * `scenario_knowledge`: `[B, d_llm]`, the vector of each example's scenario;
+      * `user_projection`: `[B, d_u]`, the user knowledge projected once per model
+        (`UserMetaStack(return_projection=True)`'s second output); the generators then see both, so
+        the scenario-level weights are specialised per user (the paper's hierarchy);
+      * `scenario`: `[B]` or `[B, 1]` int scenario index in `[0, num_scenarios)`.
+
+      `training`: whether the MLP's dropout is active.
+
+    Returns:
+      `[B, 1]` logit.
     """
 
     def __init__(self, num_scenarios: int, num_layers: int = 2, projection_dim: int = 32, rank: int = 4,
@@ -397,18 +544,31 @@ class ScenarioMetaTower(tf.keras.layers.Layer):
 # Per-scenario and expert building blocks used by the backbones.
 #
 # Every example needs only its own scenario's parameters. `ScenarioDense` partitions the batch by
-# scenario (`tf.dynamic_partition`), runs one GEMM per scenario and stitches the rows back: on 2 CPU
-# cores this took ~35 % less CPU than one GEMM for all scenarios plus a per-example gather, and far
-# less than gathering a `[B, d, units]` weight per example (`per_scenario` does the partitioning).
+# scenario (`tf.dynamic_partition`), runs one GEMM per scenario and stitches the rows back: on CPU
+# this costs less than one GEMM for all scenarios plus a per-example gather, and far less than
+# gathering a `[B, d, units]` weight per example (`per_scenario` does the partitioning).
 # An expert bank runs one GEMM for all its experts; PLE's scenario experts run per scenario, so an
-# example's input meets its own scenario's experts only (~13 % faster PLE step than all experts
-# for every example plus a per-example selection).
+# example's input meets its own scenario's experts only, which is cheaper than running all experts
+# for every example and selecting per example. `bench/bench_trainer.py throughput` times the backbones.
 # Variables holding one slice per scenario have `per_scenario` in their name and the scenario as
 # their leading axis (scenario-major), which the isolation tests rely on.
 
 def per_scenario(apply, x, scenario, num_scenarios):
-    """`apply(rows_of_scenario_s, s)` for every scenario `s`, stitched back into batch order: each
-    example goes through its own scenario's computation only."""
+    """Runs each example through its own scenario's computation only, and restores batch order.
+
+    The batch is partitioned by scenario (`tf.dynamic_partition`), `apply(rows_of_scenario_s, s)`
+    runs once per scenario (also, on an empty part, for a scenario absent from the batch) and the
+    results are stitched back (`tf.dynamic_stitch`).
+
+    Args:
+      apply: `(rows [n_s, ...], s) -> [n_s, ...]`, with `s` a Python int in `[0, num_scenarios)`.
+      x: `[B, ...]`.
+      scenario: `[B]` or `[B, 1]` int scenario index in `[0, num_scenarios)`.
+      num_scenarios: number of scenarios S (a Python int).
+
+    Returns:
+      `[B, ...]`: `apply`'s output rows, in the batch order of `x`.
+    """
     index = tf.cast(as_vector(scenario), tf.int32)
     rows = tf.dynamic_partition(tf.range(tf.shape(x)[0]), index, num_scenarios)
     parts = tf.dynamic_partition(x, index, num_scenarios)
@@ -417,8 +577,23 @@ def per_scenario(apply, x, scenario, num_scenarios):
 
 @serializable
 class ScenarioDense(tf.keras.layers.Layer):
-    """A dense layer with one kernel and bias per scenario: `[x [B, d], scenario [B]] -> [B, units]`,
-    each example through its own scenario's weights."""
+    """A dense layer with one kernel and bias per scenario, each example through its own scenario's.
+
+    Variables: `per_scenario_kernel` `[S, d, units]` and `per_scenario_bias` `[S, units]`. Subclasses
+    change the initialiser and the effective weights through `kernel_initializer`,
+    `scenario_kernels` and `scenario_biases` (see `StarDense`).
+
+    Args:
+      num_scenarios: number of scenarios S.
+      units: output width.
+      activation: None (the default) is linear.
+
+    Inputs:
+      `[x, scenario]`: `x` `[B, d]`, `scenario` `[B]` or `[B, 1]` int index in `[0, num_scenarios)`.
+
+    Returns:
+      `[B, units]`.
+    """
 
     def __init__(self, num_scenarios: int, units: int, activation: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
@@ -433,6 +608,7 @@ class ScenarioDense(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def kernel_initializer(self):
+        """The initialiser of `per_scenario_kernel` (Glorot uniform)."""
         return tf.keras.initializers.GlorotUniform()
 
     def scenario_kernels(self):
@@ -440,6 +616,7 @@ class ScenarioDense(tf.keras.layers.Layer):
         return self.kernel
 
     def scenario_biases(self):
+        """The effective `[S, units]` biases (STAR overrides this)."""
         return self.bias
 
     @no_autograph
@@ -456,7 +633,23 @@ class ScenarioDense(tf.keras.layers.Layer):
 
 @serializable
 class ScenarioTower(tf.keras.layers.Layer):
-    """One MLP tower per scenario ending in a logit: `[x, scenario] -> [B, 1]`."""
+    """One MLP tower per scenario ending in a logit; each example goes through its own scenario's.
+
+    Each hidden layer is a ReLU `ScenarioDense` followed by dropout; the logit is a linear
+    one-unit `ScenarioDense`.
+
+    Args:
+      num_scenarios: number of scenarios S.
+      units: widths of the hidden layers.
+      dropout: dropout rate after every hidden layer.
+
+    Inputs:
+      `[x, scenario]`: `x` `[B, d]`, `scenario` `[B]` or `[B, 1]` int index in `[0, num_scenarios)`.
+      `training`: whether dropout is active.
+
+    Returns:
+      `[B, 1]` logit.
+    """
 
     def __init__(self, num_scenarios: int, units: Sequence[int] = (32,), dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
@@ -479,8 +672,25 @@ class ScenarioTower(tf.keras.layers.Layer):
 
 @serializable
 class ExpertBank(tf.keras.layers.Layer):
-    """`num_experts` independent MLPs on the same input: `[B, d] -> [B, num_experts, units[-1]]`.
-    The first layer of all experts is one GEMM; deeper layers are one batched einsum."""
+    """`num_experts` independent MLPs on the same input.
+
+    The first layer of all experts is one GEMM; deeper layers are one batched einsum. Variables are
+    `{variable_prefix}_kernel_{i}` `[num_experts, fan_in, fan_out]` and `{variable_prefix}_bias_{i}`
+    `[num_experts, fan_out]`, expert-major.
+
+    Args:
+      num_experts: number of experts E.
+      units: widths of every expert's layers.
+      activation: applied after every layer, the last one included.
+      variable_prefix: prefix of the variable names (`per_scenario_expert` for a bank whose experts
+        are grouped by scenario, as PLE's).
+
+    Inputs:
+      x: `[B, d]`.
+
+    Returns:
+      `[B, num_experts, units[-1]]`.
+    """
 
     def __init__(self, num_experts: int, units: Sequence[int] = (64,), activation: str = "relu",
                  variable_prefix: str = "expert", **kwargs):
@@ -504,7 +714,16 @@ class ExpertBank(tf.keras.layers.Layer):
         return self.experts(x, 0, self.num_experts)
 
     def experts(self, x, first: int, count: int):
-        """Experts `first .. first + count - 1` only: `[B, d] -> [B, count, units[-1]]`."""
+        """Runs experts `first .. first + count - 1` only; the bank must be built.
+
+        Args:
+          x: `[B, d]`.
+          first: index of the first expert.
+          count: number of experts.
+
+        Returns:
+          `[B, count, units[-1]]`.
+        """
         kernels = [kernel[first:first + count] for kernel in self.kernels]
         biases = [bias[first:first + count] for bias in self.biases]
         flat = tf.reshape(tf.transpose(kernels[0], [1, 0, 2]), [tf.shape(kernels[0])[1], -1])
@@ -519,19 +738,40 @@ class ExpertBank(tf.keras.layers.Layer):
 
 
 def mix_experts(gate_logits, experts):
-    """Softmax gate `[B, E]` times expert outputs `[B, E, h]` -> `[B, h]`, as a batched `[1, E] x [E, h]`
-    matmul: the same `einsum` transposes first, and made an MMoE train step ~15 % slower on CPU."""
+    """Mixes expert outputs with softmax gate weights.
+
+    Computed as a batched `[1, E] x [E, h]` matmul per example: the equivalent `einsum` transposes
+    the experts first, which is slower on CPU (see `bench/bench_trainer.py`).
+
+    Args:
+      gate_logits: `[B, E]` gate logits (softmax over `E`).
+      experts: `[B, E, h]` expert outputs.
+
+    Returns:
+      `[B, h]`.
+    """
     weights = tf.nn.softmax(gate_logits, axis=-1)[:, None, :]
     return tf.squeeze(tf.matmul(weights, experts), axis=1)
 
 
 @serializable
 class ScenarioCalibration(tf.keras.layers.Layer):
-    """Per-scenario Platt scaling of a logit: `[logit [B, 1], scenario [B]] -> scale[s] * logit + shift[s]`.
+    """Per-scenario Platt scaling of a logit: `scale[s] * logit + shift[s]`.
 
-    Not trained by gradient descent (it starts as the identity); `llm4msr.trainer.training.fit` sets
-    it after training from the eval split (`set_calibration`), so the served probabilities match
-    the observed click rates of every scenario."""
+    Not trained by gradient descent (its variables are not trainable; it starts as the identity);
+    `llm4msr.trainer.training.fit` sets it after training from the eval split (`set_calibration`),
+    so the served probabilities match the observed click rates of every scenario.
+
+    Args:
+      num_scenarios: number of scenarios S.
+
+    Inputs:
+      `[logit, scenario]`: `logit` `[B, 1]`, `scenario` `[B]` or `[B, 1]` int index in
+      `[0, num_scenarios)`.
+
+    Returns:
+      `[B, 1]` calibrated logit.
+    """
 
     def __init__(self, num_scenarios: int, **kwargs):
         kwargs.setdefault("trainable", False)
@@ -551,7 +791,12 @@ class ScenarioCalibration(tf.keras.layers.Layer):
             tf.gather(self.shift, scenario), -1)
 
     def set_calibration(self, scale, shift) -> None:
-        """`scale`, `shift`: `[num_scenarios]` arrays."""
+        """Sets the calibration.
+
+        Args:
+          scale: `[num_scenarios]` array, the slope per scenario.
+          shift: `[num_scenarios]` array, the offset per scenario.
+        """
         self.scale.assign(tf.constant(scale, tf.float32))
         self.shift.assign(tf.constant(shift, tf.float32))
 
