@@ -138,12 +138,7 @@ class SharedBottom(Backbone):
       tower_units: widths of each scenario tower's hidden layers.
       dropout: dropout rate after every layer of the bottom and the towers.
 
-    Inputs:
-      `[x, scenario]`: `x` `[B, d]`, `scenario` `[B]` or `[B, 1]` int index in `[0, num_scenarios)`.
-      `training`: whether dropout is active.
-
-    Returns:
-      `[B, 1]` logit.
+    Called like every `Backbone`: `[x, scenario]` (and `training`) -> `[B, 1]` logit.
     """
     config_fields = ("hidden_units", "tower_units", "dropout")
 
@@ -173,12 +168,7 @@ class MMoE(Backbone):
       tower_units: widths of each scenario tower's hidden layers.
       dropout: dropout rate after every tower hidden layer.
 
-    Inputs:
-      `[x, scenario]`: `x` `[B, d]`, `scenario` `[B]` or `[B, 1]` int index in `[0, num_scenarios)`.
-      `training`: whether dropout is active.
-
-    Returns:
-      `[B, 1]` logit.
+    Called like every `Backbone`: `[x, scenario]` (and `training`) -> `[B, 1]` logit.
     """
     config_fields = ("num_experts", "expert_units", "tower_units", "dropout")
 
@@ -272,12 +262,7 @@ class PLE(Backbone):
       tower_units: widths of each scenario tower's hidden layers.
       dropout: dropout rate after every tower hidden layer.
 
-    Inputs:
-      `[x, scenario]`: `x` `[B, d]`, `scenario` `[B]` or `[B, 1]` int index in `[0, num_scenarios)`.
-      `training`: whether dropout is active.
-
-    Returns:
-      `[B, 1]` logit.
+    Called like every `Backbone`: `[x, scenario]` (and `training`) -> `[B, 1]` logit.
     """
     config_fields = ("num_experts", "scenario_experts", "expert_units", "ple_levels", "tower_units", "dropout")
 
