@@ -23,6 +23,14 @@ def synthetic(rng, users, direction):
     return features, (rng.random(user.size) < probability).astype(np.float32)
 
 
+def trained_auc(model_config: dict, spec, train, test_features, test_labels, epochs: int) -> float:
+    """Trains `model_config` from seed 3 on `train` (shuffled, batches of 256) and returns its test AUC."""
+    tf.keras.utils.set_random_seed(3)
+    ranking = compile_ranking_model(model_config, spec)
+    ranking.fit(tf.data.Dataset.from_tensor_slices(train).shuffle(8000, seed=3).batch(256), epochs=epochs, verbose=0)
+    return metrics.auc(test_labels, ranking.predict(test_features, batch_size=1024, verbose=0))
+
+
 def test_user_knowledge_beats_no_knowledge_when_the_signal_is_only_in_knowledge():
     rng = np.random.default_rng(7)
     direction = rng.normal(size=DIM).astype(np.float32) / np.sqrt(DIM)
@@ -30,15 +38,10 @@ def test_user_knowledge_beats_no_knowledge_when_the_signal_is_only_in_knowledge(
     # test users are out of vocabulary (index 0): their id embedding says nothing
     test_features, test_labels = synthetic(rng, np.zeros(80, np.int64), direction)
     spec = InputSpec({"user_id": 301, "item_id": 50, "scenario": SCENARIOS}, user_knowledge_dim=DIM)
-    aucs = {}
-    for knowledge in ("none", "user"):
-        tf.keras.utils.set_random_seed(3)
-        ranking = compile_ranking_model({"backbone": "shared_bottom", "knowledge": knowledge, "embedding_dim": 8,
-                                         "hidden_units": [32], "tower_units": [8], "meta_layers": 1,
-                                         "projection_dim": 8, "learning_rate": 3e-3}, spec)
-        data = tf.data.Dataset.from_tensor_slices(train).shuffle(8000, seed=3).batch(256)
-        ranking.fit(data, epochs=6, verbose=0)
-        aucs[knowledge] = metrics.auc(test_labels, ranking.predict(test_features, batch_size=1024, verbose=0))
+    model = {"backbone": "shared_bottom", "embedding_dim": 8, "hidden_units": [32], "tower_units": [8],
+             "meta_layers": 1, "projection_dim": 8, "learning_rate": 3e-3}
+    aucs = {knowledge: trained_auc({**model, "knowledge": knowledge}, spec, train, test_features, test_labels, epochs=6)
+            for knowledge in ("none", "user")}
     assert aucs["none"] < 0.6, aucs
     assert aucs["user"] > aucs["none"] + 0.15, aucs
 
@@ -60,14 +63,9 @@ def test_item_knowledge_beats_ids_when_the_signal_is_only_in_item_text():
     train = rows(np.arange(1, 401), 8000)
     test_features, test_labels = rows(np.zeros(300, np.int64), 2000)  # unseen items: the OOV index 0
     spec = InputSpec({"user_id": 40, "item_id": 401, "scenario": SCENARIOS}, item_knowledge_dim=DIM)
-    aucs = {}
-    for knowledge in ("none", "item"):
-        tf.keras.utils.set_random_seed(3)
-        ranking = compile_ranking_model({"backbone": "mmoe", "knowledge": knowledge, "embedding_dim": 8,
-                                         "expert_units": [16], "tower_units": [8], "learning_rate": 3e-3}, spec)
-        data = tf.data.Dataset.from_tensor_slices(train).shuffle(8000, seed=3).batch(256)
-        ranking.fit(data, epochs=5, verbose=0)
-        aucs[knowledge] = metrics.auc(test_labels, ranking.predict(test_features, batch_size=1024, verbose=0))
+    model = {"backbone": "mmoe", "embedding_dim": 8, "expert_units": [16], "tower_units": [8], "learning_rate": 3e-3}
+    aucs = {knowledge: trained_auc({**model, "knowledge": knowledge}, spec, train, test_features, test_labels, epochs=5)
+            for knowledge in ("none", "item")}
     assert aucs["none"] < 0.6, aucs
     assert aucs["item"] > aucs["none"] + 0.15, aucs
 
@@ -82,13 +80,8 @@ def test_id_dropout_teaches_the_knowledge_path_to_stand_in_for_a_new_users_id():
     oov = 300
     test_features, test_labels = synthetic(rng, np.full(200, oov, np.int64), direction)
     spec = InputSpec({"user_id": oov + 1, "item_id": 50, "scenario": SCENARIOS}, user_knowledge_dim=DIM)
-    aucs = {}
-    for id_dropout in (0.0, 0.3):
-        tf.keras.utils.set_random_seed(3)
-        ranking = compile_ranking_model({"backbone": "dnn", "knowledge": "user", "embedding_dim": 8,
-                                         "hidden_units": [32], "projection_dim": 8, "learning_rate": 3e-3,
-                                         "id_dropout": id_dropout}, spec)
-        data = tf.data.Dataset.from_tensor_slices(train).shuffle(8000, seed=3).batch(256)
-        ranking.fit(data, epochs=6, verbose=0)
-        aucs[id_dropout] = metrics.auc(test_labels, ranking.predict(test_features, batch_size=1024, verbose=0))
+    model = {"backbone": "dnn", "knowledge": "user", "embedding_dim": 8, "hidden_units": [32], "projection_dim": 8,
+             "learning_rate": 3e-3}
+    aucs = {rate: trained_auc({**model, "id_dropout": rate}, spec, train, test_features, test_labels, epochs=6)
+            for rate in (0.0, 0.3)}
     assert aucs[0.3] > aucs[0.0] + 0.025, aucs
