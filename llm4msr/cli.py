@@ -5,6 +5,7 @@ import importlib
 import sys
 
 from llm4msr.errors import UserFacingError
+from llm4msr.quiet import quiet_libraries
 
 # module path -> the sub-command it adds
 COMMAND_MODULES = [
@@ -20,6 +21,8 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm4msr", description="LLM-enhanced multi-scenario recommendation on TFX.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show what TensorFlow, TFX, Beam and Hugging Face log (quiet by default)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(subparsers)
@@ -28,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     try:
         return args.func(args) or 0
     except UserFacingError as error:

@@ -1,13 +1,17 @@
 """Running the pipeline locally (LocalDagRunner + SQLite metadata) and compiling it for Kubeflow
 Pipelines (KubeflowV2DagRunner), plus the reports printed after a local run."""
+import contextlib
 import json
+import logging
 import pathlib
+import sys
 import time
 from typing import Dict, List, Optional
 
 from llm4msr.errors import UserFacingError
 from llm4msr.files import write_file
 from llm4msr.pipeline.config import PipelineConfig
+from llm4msr.quiet import is_quiet
 from llm4msr.transform.preprocessing import SLICE_PREFIX, SLICES, slice_names
 
 
@@ -21,10 +25,63 @@ def run_local(config: PipelineConfig) -> dict:
         raise UserFacingError(f"{config.dataset_dir}: no canonical data set (run `llm4msr data prepare` first)")
     pipeline = create_pipeline(config)
     started = time.time()
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    with component_progress(quiet=is_quiet()):
+        tfx.orchestration.LocalDagRunner().run(pipeline)
     report = collect_report(config)
     report["seconds"] = time.time() - started
     return report
+
+
+class ComponentProgress(logging.Handler):
+    """One line per component as the LocalDagRunner finishes it: name, ran or cached, seconds.
+    Reads the lines TFX logs through absl ('Component %s is running.', 'A cached execution %d is
+    used.', 'Component %s is finished.')."""
+
+    def __init__(self, stream=None):
+        super().__init__(logging.INFO)
+        self.stream = stream or sys.stdout
+        self.component, self.started, self.cached = None, 0.0, False
+
+    def emit(self, record):
+        if record.msg == "Component %s is running.":
+            self.component, self.started, self.cached = record.args[0], time.time(), False
+        elif record.msg == "A cached execution %d is used.":
+            self.cached = True
+        elif record.msg == "Component %s is finished." and record.args[0] == self.component:
+            state = "CACHED" if self.cached else "COMPLETE"
+            print(f"{self.component:<35}{state:<13}{time.time() - self.started:>7.1f} s", file=self.stream, flush=True)
+
+
+@contextlib.contextmanager
+def component_progress(quiet: bool):
+    """Prints `ComponentProgress` lines while the pipeline runs. Quiet: TFX's other absl lines are
+    held back too (only errors show); otherwise they print as usual."""
+    from absl import flags, logging as absl_logging
+
+    absl_logger, root = logging.getLogger("absl"), logging.getLogger()
+    saved = absl_logger.level, absl_logger.propagate, list(absl_logger.handlers), root.level
+    saved_verbosity = flags.FLAGS["verbosity"].value
+    # TFX's Beam executors parse absl flags from sys.argv, which resets the absl logger to the
+    # --verbosity flag (WARNING by default) mid-run: the flag itself says INFO for the run.
+    absl_logging.set_verbosity(absl_logging.INFO)
+    root.setLevel(saved[3])  # set_verbosity may lower the root level too; only absl's is wanted
+    progress = ComponentProgress()
+    absl_logger.setLevel(logging.INFO)
+    absl_logger.addHandler(progress)
+    if quiet:
+        errors = logging.StreamHandler(sys.stderr)
+        errors.setLevel(logging.ERROR)
+        errors.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+        absl_logger.handlers = [progress, errors]
+        absl_logger.propagate = False
+    try:
+        yield progress
+    finally:
+        flags.FLAGS["verbosity"].value = saved_verbosity
+        absl_logger.setLevel(saved[0])
+        absl_logger.propagate = saved[1]
+        absl_logger.handlers = saved[2]
+        root.setLevel(saved[3])
 
 
 def compile_kubeflow(config: PipelineConfig, output: str, image: str) -> str:
@@ -169,12 +226,18 @@ def format_report(report: dict) -> str:
         for name, metrics in sorted(evaluation["slices"].items(), key=_slice_order):
             lines.append(f"{name:<28}{metrics.get('example_count', float('nan')):>9.0f}"
                          f"{metrics.get('auc', float('nan')):>8.4f}{metrics.get('binary_crossentropy', float('nan')):>9.4f}"
-                         f"{metrics.get('normalized_logloss', float('nan')):>7.3f}"
-                         f"{metrics.get('calibration', float('nan')):>8.3f}")
+                         f"{_ratio(metrics.get('normalized_logloss')):>7}{_ratio(metrics.get('calibration')):>8}")
         lines.append("blessed: yes" if evaluation["blessed"] else
                      "blessed: NO — not pushed:\n  " + "\n  ".join(evaluation["failures"]))
     lines.append(f"pushed model: {report.get('pushed') or 'none'}")
     return "\n".join(lines)
+
+
+def _ratio(value) -> str:
+    """A ratio metric for the table: 3 decimals, or `>999` when a tiny slice makes it explode."""
+    if value is None:
+        return "nan"
+    return ">999" if value > 999 else f"{value:.3f}"
 
 
 def _slice_order(item):

@@ -317,3 +317,22 @@ def test_a_bad_pipeline_config_is_refused_before_anything_runs(tmp_path, capsys,
     error = capsys.readouterr().err
     assert code == 2 and message in error and str(path) in error and "Traceback" not in error, error
     assert not (tmp_path / "run").exists()
+
+
+def test_component_progress_survives_tfx_reparsing_absl_flags_and_quiet_keeps_errors(capsys):
+    """One line per finished component, even after a Beam executor re-parses absl flags (which
+    resets absl's level to WARNING); quiet holds back absl warnings but not errors."""
+    import sys
+
+    from absl import flags, logging as absl_logging
+
+    with runner.component_progress(quiet=True):
+        flags.FLAGS(sys.argv[:1], known_only=True)  # what TFX's BaseBeamExecutor does
+        absl_logging.info("Component %s is running.", "Transform")
+        absl_logging.info("A cached execution %d is used.", 7)
+        absl_logging.warning("ArtifactQuery.property_predicate is not supported.")
+        absl_logging.error("a real problem")
+        absl_logging.info("Component %s is finished.", "Transform")
+    out, err = capsys.readouterr()
+    assert out.split()[:2] == ["Transform", "CACHED"] and out.count("\n") == 1
+    assert "a real problem" in err and "property_predicate" not in err + out

@@ -34,6 +34,7 @@ from llm4msr.contract import (DEFAULT_SIGNATURE, ITEM_KNOWLEDGE, KNOWLEDGE_FEATU
                               RAW_FEATURES, RAW_SIGNATURE, SCENARIO_KNOWLEDGE, TRANSFORM_SIGNATURE, USER_KNOWLEDGE,
                               broadcast_to_candidates, refuse_non_finite)
 from llm4msr.pipeline.components import JOINED_KNOWLEDGE_DIR
+from llm4msr.quiet import is_quiet
 from llm4msr.serving.assets import write_serving_assets
 from llm4msr.trainer.features import input_spec_from_transform
 from llm4msr.trainer.model import ModelConfig
@@ -64,7 +65,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     callbacks = []
     if fn_args.model_run_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"))
-    ranking, summary = fit(model_config, spec, train, evaluation, training, callbacks, verbose=2)
+    ranking, summary = fit(model_config, spec, train, evaluation, training, callbacks, verbose=0 if is_quiet() else 2)
     export(ranking.model, tft_output, fn_args.serving_model_dir)
     knowledge = os.path.join(_examples_root(fn_args.train_files), JOINED_KNOWLEDGE_DIR)
     examples = _serialized_examples(fn_args.eval_files, WARMUP_EXAMPLES)

@@ -1,0 +1,36 @@
+"""Quiet command output: what TensorFlow, TFX, Beam and Hugging Face print for their own developers
+(CUDA factory registration, deprecation notices, worker WARN lines, weight-conversion messages)
+stays out of a user's terminal unless they ask for it with `llm4msr -v`.
+
+Errors and llm4msr's own messages always show; everything is set through the environment too, so
+Beam worker processes and subprocesses inherit it.
+"""
+import logging
+import os
+import warnings
+
+# the third-party Python loggers whose INFO and WARNING lines are for their developers
+LIBRARY_LOGGERS = ("absl", "tensorflow", "apache_beam", "transformers", "tfx", "ml_metadata")
+WARNING_CATEGORIES = (FutureWarning, DeprecationWarning, UserWarning, RuntimeWarning, PendingDeprecationWarning)
+
+
+QUIET_ENV = "LLM4MSR_QUIET"  # "1" in processes started quiet (e.g. the Trainer then fits without per-epoch lines)
+
+
+def quiet_libraries() -> None:
+    """Call before TensorFlow is imported (the C++ log level is read once, at load)."""
+    os.environ[QUIET_ENV] = "1"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # its start-up E-lines (cuDNN/cuFFT/cuBLAS factories) are not errors
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                          *(f"ignore::{c.__name__}" for c in WARNING_CATEGORIES)]))
+    for category in WARNING_CATEGORIES:
+        warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=category, module="llm4msr")  # ours stay visible
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def is_quiet() -> bool:
+    """Whether `quiet_libraries` was applied in this process or the one that started it."""
+    return os.environ.get(QUIET_ENV) == "1"
