@@ -22,6 +22,7 @@ def quiet_libraries() -> None:
     os.environ[QUIET_ENV] = "1"
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # its start-up E-lines (cuDNN/cuFFT/cuBLAS factories) are not errors
     os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["GRPC_VERBOSITY"] = "ERROR"  # its C++ core logs e.g. a GOAWAY at every server shutdown (read at import)
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
                                                           *(f"ignore::{c.__name__}" for c in WARNING_CATEGORIES)]))
     for category in WARNING_CATEGORIES:
