@@ -34,8 +34,8 @@ import numpy as np
 import llm4msr  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from llm4msr.trainer.backbones import BACKBONES
 from llm4msr.contract import ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.trainer.backbones import BACKBONES
 from llm4msr.trainer.features import InputSpec
 from llm4msr.trainer.model import ModelConfig, compile_ranking_model
 

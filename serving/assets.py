@@ -10,12 +10,12 @@ from typing import Iterable, Optional, Sequence, Tuple
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
-from llm4msr.serving.client import raw_request
 from llm4msr.contract import (DEFAULT_SIGNATURE, ITEM_KNOWLEDGE, MODEL_NAME, RAW_FEATURES, SCENARIO_KNOWLEDGE,
                               USER_KNOWLEDGE)
-from llm4msr.serving.layout import KNOWLEDGE_DIR, WARMUP_FILE
+from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
+from llm4msr.serving.client import raw_request
 from llm4msr.serving.knowledge_store import InMemoryKnowledgeStore
+from llm4msr.serving.layout import KNOWLEDGE_DIR, WARMUP_FILE
 
 Sample = Tuple[str, str, Sequence[str]]  # user id, scenario, candidate item ids
 

@@ -21,8 +21,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from llm4msr.contract import (ITEM_KNOWLEDGE, MODEL_NAME, PREDICTION_KEY, RAW_SIGNATURE, SCENARIO_KNOWLEDGE,
                               USER_KNOWLEDGE)
-from llm4msr.serving.layout import DEFAULT_MAX_BATCH, MAX_MESSAGE_BYTES
 from llm4msr.serving.knowledge_store import KnowledgeStore
+from llm4msr.serving.layout import DEFAULT_MAX_BATCH, MAX_MESSAGE_BYTES
 
 _RETRY = {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,
           "retryableStatusCodes": ["UNAVAILABLE"]}

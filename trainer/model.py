@@ -26,8 +26,8 @@ from typing import List, Mapping, Union
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from llm4msr.trainer.backbones import BACKBONES, make_backbone
 from llm4msr.contract import ITEM_KNOWLEDGE, LABEL, PREDICTION_KEY, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.trainer.backbones import BACKBONES, make_backbone
 from llm4msr.trainer.features import InputSpec, fail, require_positive
 from llm4msr.trainer.layers import (Cross, FeatureEmbedding, IdDropout, KnowledgeProjector, ScenarioCalibration,
                                     ScenarioMetaTower, SemanticMatch, UserMetaStack, no_autograph)
