@@ -12,8 +12,6 @@ import warnings
 # the third-party Python loggers whose INFO and WARNING lines are for their developers
 LIBRARY_LOGGERS = ("absl", "tensorflow", "apache_beam", "transformers", "tfx", "ml_metadata")
 WARNING_CATEGORIES = (FutureWarning, DeprecationWarning, UserWarning, RuntimeWarning, PendingDeprecationWarning)
-
-
 QUIET_ENV = "LLM4MSR_QUIET"  # "1" in processes started quiet (e.g. the Trainer then fits without per-epoch lines)
 
 

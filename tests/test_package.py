@@ -1,4 +1,4 @@
-"""The distribution: pyproject.toml's ranges admit the pinned lock, and the package builds from them."""
+"""The distribution: pyproject.toml's install requirements are ranges that admit the pinned lock."""
 import pathlib
 import re
 
