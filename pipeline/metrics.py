@@ -1,9 +1,12 @@
-"""`NormalizedLogloss`, a TFMA metric for the Evaluator's blessing: the model's logloss divided by
-the logloss of the constant predictor that always predicts the slice's mean label (normalised
-entropy). Below 1 means the model beats the constant; a value of 1 or more means a
-miscalibrated or useless model, whatever its AUC.
+"""TFMA metrics for the Evaluator, computed in Python by Beam combiners (no TensorFlow per batch):
 
-Use it as `tfma.MetricConfig(class_name="NormalizedLogloss", module="llm4msr.pipeline.metrics")`.
+- `Logloss`: the mean binary cross-entropy of the predictions;
+- `NormalizedLogloss`, for the blessing: the model's logloss divided by the logloss of the constant
+  predictor that always predicts the slice's mean label (normalised entropy). Below 1 means the
+  model beats the constant; a value of 1 or more means a miscalibrated or useless model, whatever
+  its AUC.
+
+Use them as `tfma.MetricConfig(class_name="NormalizedLogloss", module="llm4msr.pipeline.metrics")`.
 """
 import math
 from typing import Any, Dict, Iterable
@@ -12,6 +15,7 @@ import apache_beam as beam
 import numpy as np
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 
+LOGLOSS = "logloss"
 NORMALIZED_LOGLOSS = "normalized_logloss"
 EPSILON = 1e-7
 
@@ -22,20 +26,29 @@ def constant_logloss(mean_label: float) -> float:
     return -(p * math.log(p) + (1 - p) * math.log(1 - p))
 
 
+class Logloss(metric_types.Metric):
+    def __init__(self, name: str = LOGLOSS):
+        super().__init__(metric_util.merge_per_key_computations(_computations(normalized=False)), name=name)
+
+
 class NormalizedLogloss(metric_types.Metric):
     def __init__(self, name: str = NORMALIZED_LOGLOSS):
-        super().__init__(metric_util.merge_per_key_computations(_normalized_logloss), name=name)
+        super().__init__(metric_util.merge_per_key_computations(_computations(normalized=True)), name=name)
 
 
+metric_types.register_metric(Logloss)
 metric_types.register_metric(NormalizedLogloss)
 
 
-def _normalized_logloss(name: str = NORMALIZED_LOGLOSS, eval_config=None, model_name: str = "",
-                        output_name: str = "", sub_key=None, aggregation_type=None, class_weights=None,
-                        example_weighted: bool = False) -> metric_types.MetricComputations:
-    key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name, sub_key=sub_key,
-                                 example_weighted=example_weighted)
-    return [metric_types.MetricComputation(keys=[key], preprocessors=None, combiner=_Combiner(key, eval_config))]
+def _computations(normalized: bool):
+    def computations(name: str, eval_config=None, model_name: str = "", output_name: str = "", sub_key=None,
+                     aggregation_type=None, class_weights=None,
+                     example_weighted: bool = False) -> metric_types.MetricComputations:
+        key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name, sub_key=sub_key,
+                                     example_weighted=example_weighted)
+        return [metric_types.MetricComputation(keys=[key], preprocessors=None,
+                                               combiner=_Combiner(key, eval_config, normalized))]
+    return computations
 
 
 class _Accumulator:
@@ -46,8 +59,8 @@ class _Accumulator:
 
 
 class _Combiner(beam.CombineFn):
-    def __init__(self, key: metric_types.MetricKey, eval_config):
-        self._key, self._eval_config = key, eval_config
+    def __init__(self, key: metric_types.MetricKey, eval_config, normalized: bool):
+        self._key, self._eval_config, self._normalized = key, eval_config, normalized
 
     def create_accumulator(self) -> _Accumulator:
         return _Accumulator()
@@ -74,5 +87,8 @@ class _Combiner(beam.CombineFn):
     def extract_output(self, accumulator: _Accumulator) -> Dict[metric_types.MetricKey, Any]:
         if accumulator.weight <= 0:
             return {self._key: float("nan")}
+        loss = accumulator.loss / accumulator.weight
+        if not self._normalized:
+            return {self._key: loss}
         baseline = constant_logloss(accumulator.labels / accumulator.weight)
-        return {self._key: (accumulator.loss / accumulator.weight) / baseline if baseline > 0 else float("nan")}
+        return {self._key: loss / baseline if baseline > 0 else float("nan")}

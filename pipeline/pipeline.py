@@ -59,7 +59,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         preprocessing_fn="llm4msr.transform.preprocessing.preprocessing_fn",
         custom_config={"scenarios": scenario_ids, "dataset_dir": dataset_dir,
                        "knowledge_reduction": config.knowledge_reduction, "code": transform_code},
-        materialize=False)  # the Trainer applies the graph to the joined examples itself
+        materialize=False,  # the Trainer applies the graph to the joined examples itself
+        disable_statistics=True)  # StatisticsGen has them; pre/post-transform statistics were read by no one
     trainer = tfx.components.Trainer(
         run_fn="llm4msr.trainer.run_fn.run_fn",
         examples=knowledge_joiner.outputs["joined_examples"],  # raw: run_fn applies the Transform graph
@@ -115,13 +116,15 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     logloss_threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
         upper_bound={"value": config.max_normalized_logloss}))
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name=DEFAULT_SIGNATURE, label_key=LABEL,
+        # tf_generic: TFMA calls the signatures; otherwise it loads the model as Keras first just to
+        # find out its type
+        model_specs=[tfma.ModelSpec(model_type=tfma.TF_GENERIC, signature_name=DEFAULT_SIGNATURE, label_key=LABEL,
                                     prediction_key=PREDICTION_KEY,
                                     preprocessing_function_names=[TRANSFORM_SIGNATURE])],
         slicing_specs=[*BLESSING_SLICES, *(tfma.SlicingSpec(feature_keys=[name]) for name in SLICES)],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="AUC", per_slice_thresholds=gate(auc_threshold)),
-            tfma.MetricConfig(class_name="BinaryCrossentropy"),
+            tfma.MetricConfig(class_name="Logloss", module=metrics.__name__),
             tfma.MetricConfig(class_name="NormalizedLogloss", module=metrics.__name__,
                               per_slice_thresholds=gate(logloss_threshold)),
             tfma.MetricConfig(class_name="Calibration", per_slice_thresholds=gate(calibration_threshold)),

@@ -225,7 +225,7 @@ def format_report(report: dict) -> str:
         lines.append(f"{'slice':<28}{'examples':>9}{'AUC':>8}{'logloss':>9}{'norm.':>7}{'calib.':>8}")
         for name, metrics in sorted(evaluation["slices"].items(), key=_slice_order):
             lines.append(f"{name:<28}{metrics.get('example_count', float('nan')):>9.0f}"
-                         f"{metrics.get('auc', float('nan')):>8.4f}{metrics.get('binary_crossentropy', float('nan')):>9.4f}"
+                         f"{metrics.get('auc', float('nan')):>8.4f}{metrics.get('logloss', float('nan')):>9.4f}"
                          f"{_ratio(metrics.get('normalized_logloss')):>7}{_ratio(metrics.get('calibration')):>8}")
         lines.append("blessed: yes" if evaluation["blessed"] else
                      "blessed: NO — not pushed:\n  " + "\n  ".join(evaluation["failures"]))

@@ -169,9 +169,9 @@ def test_normalized_logloss_is_one_for_the_constant_predictor_and_above_for_an_o
     from tensorflow_model_analysis.metrics import metric_types
 
     labels = np.array([1, 0, 0, 1, 0, 0, 0, 1])
-    combiner = _Combiner(metric_types.MetricKey(name="normalized_logloss"), eval_config=None)
 
-    def value(predictions):
+    def value(predictions, normalized=True):
+        combiner = _Combiner(metric_types.MetricKey(name="loss"), eval_config=None, normalized=normalized)
         accumulator = combiner.create_accumulator()
         for label, prediction in zip(labels, predictions):
             accumulator = combiner.add_input(accumulator, metric_types.StandardMetricInputs(
@@ -183,6 +183,8 @@ def test_normalized_logloss_is_one_for_the_constant_predictor_and_above_for_an_o
     assert value(np.full(8, 0.62)) > 1.0  # over-predicting, as the model of issue 12 (calibration 1.32)
     assert value(np.where(labels == 1, 0.8, 0.2)) < 1.0
     assert constant_logloss(0.5) == pytest.approx(np.log(2))
+    predictions = np.where(labels == 1, 0.8, 0.3)
+    assert value(predictions, normalized=False) == pytest.approx(log_loss(labels, predictions), rel=1e-6)  # the Evaluator's logloss
 
 
 def test_max_steps_caps_training_across_epochs(tiny_data):

@@ -105,8 +105,9 @@ def _dataset(files, data_accessor, tft_output, batch_size: int, shuffle: bool, s
                                              shuffle_buffer_size=100_000 if shuffle else 1, shuffle_seed=seed)
     raw = data_accessor.tf_dataset_factory(files, options, tft_output.raw_metadata.schema)
     transform = tft_output.transform_features_layer()
-    return raw.map(lambda features, label: (transform(features), label),
-                   num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    # not through AutoGraph: converting the Transform layer's call took 13 s of the tiny fixture's Trainer
+    apply = tf.autograph.experimental.do_not_convert(lambda features, label: (transform(features), label))
+    return raw.map(apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
 def _examples_root(split_files) -> str:
@@ -144,13 +145,13 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
     the knowledge as the pushed store holds it: already reduced when the Transform reduces it (the
     store is reduced with the same graph at push time, `reduced_store`), so a request never
     carries the LLM-wide vectors."""
-    model.tft_layer = tft_output.transform_features_layer()  # tracked, so its assets are saved
+    tft_layer = tft_output.transform_features_layer()
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != LABEL}
     raw_dims, served_dims = knowledge_widths(tft_output)
     reduced = raw_dims != served_dims
 
     def predict(raw_features):
-        return {PREDICTION_KEY: model(model.tft_layer(raw_features))}
+        return {PREDICTION_KEY: model(tft_layer(raw_features))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(examples):
@@ -170,16 +171,20 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
             return predict(raw)
         rows = tf.shape(raw[RAW_FEATURES[0]])[0]
         raw.update({name: tf.zeros([rows, dim]) for name, dim in raw_dims.items()})  # outputs replaced below
-        transformed = model.tft_layer(raw)
+        transformed = tft_layer(raw)
         transformed.update({name: features[name] for name in served_dims})
         return {PREDICTION_KEY: model(transformed)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(examples):
         raw = tf.io.parse_example(examples, raw_spec)
-        return model.tft_layer(raw)
+        return tft_layer(raw)
 
-    model.save(path, save_format="tf", signatures={
+    model.tft_layer = tft_layer  # tracked, so the Transform's tables and assets are saved
+    # without traced layer calls: serving and TFMA use the signatures, and tf.keras.models.load_model
+    # rebuilds our layers from their configs; tracing them took 7-23 s of the export (tiny fixture)
+    # and doubled the Evaluator's load
+    model.save(path, save_format="tf", save_traces=False, signatures={
         DEFAULT_SIGNATURE: serve_examples,
         RAW_SIGNATURE: serve_raw,
         TRANSFORM_SIGNATURE: transform_features,
