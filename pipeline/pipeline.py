@@ -60,7 +60,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         custom_config={"scenarios": scenario_ids, "dataset_dir": dataset_dir,
                        "knowledge_reduction": config.knowledge_reduction, "code": transform_code},
         materialize=False,  # the Trainer applies the graph to the joined examples itself
-        disable_statistics=True)  # StatisticsGen has them; pre/post-transform statistics were read by no one
+        disable_statistics=True,  # StatisticsGen has them; pre/post-transform statistics were read by no one
+        disable_analyzer_cache=True)  # TFX caches the whole component; the per-analyzer cache cost stages
     trainer = tfx.components.Trainer(
         run_fn="llm4msr.trainer.run_fn.run_fn",
         examples=knowledge_joiner.outputs["joined_examples"],  # raw: run_fn applies the Transform graph
