@@ -7,6 +7,7 @@ Beam worker processes and subprocesses inherit it.
 """
 import logging
 import os
+import sys
 import warnings
 
 # the third-party Python loggers whose INFO and WARNING lines are for their developers
@@ -28,6 +29,16 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("default", category=category, module="llm4msr")  # ours stay visible
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    sys.unraisablehook = _drop_teardown_noise
+
+
+def _drop_teardown_noise(unraisable, _sys=sys) -> None:  # `_sys`: module globals are gone by then
+    """TensorFlow functions still alive when the interpreter exits (the pipeline's traced Transform
+    tables) fail in their `__del__` once TF's module globals are gone: a traceback per function
+    after a run that succeeded. Those are dropped; every other unraisable exception is printed."""
+    destructor = getattr(unraisable.object, "__qualname__", "")
+    if not (_sys.is_finalizing() and destructor == "AtomicFunction.__del__"):
+        _sys.__unraisablehook__(unraisable)
 
 
 def is_quiet() -> bool:

@@ -166,38 +166,44 @@ def KnowledgeJoiner(
     with beam_pipeline as pipeline:
         users = pipeline | "UserKnowledge" >> beam.Create(user_vectors)
         scenarios = pipeline | "ScenarioKnowledge" >> beam.Create([scenario_vectors])
-        items = pipeline | "ItemKnowledge" >> beam.Create(keyed_vectors(store.items)) if store.has_items else None
-        for split in SPLITS:
-            keyed = (pipeline
-                     | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
-                         os.path.join(examples.path(split=split), "*"),
-                         coder=beam.coders.BytesCoder(), compression_type=beam.io.filesystem.CompressionTypes.GZIP)
-                     | f"KeyByUser[{split}]" >> beam.Map(_key_by, "user_id"))
-            joined = ({"examples": keyed, "knowledge": users}
-                      | f"Join[{split}]" >> beam.CoGroupByKey()
-                      | f"AddKnowledge[{split}]" >> beam.FlatMap(_add_vector, USER_KNOWLEDGE, default_user,
-                                                                  beam.pvalue.AsSingleton(scenarios)))
-            if items is not None:
-                joined = ({"examples": joined | f"KeyByItem[{split}]" >> beam.Map(_key_by, "item_id"),
-                           "knowledge": items}
-                          | f"JoinItems[{split}]" >> beam.CoGroupByKey()
-                          | f"AddItemKnowledge[{split}]" >> beam.FlatMap(_add_vector, ITEM_KNOWLEDGE,
-                                                                          store.default_item_vector.tolist()))
-            _ = joined | f"Write[{split}]" >> _write_split(joined_examples, split)
+        # the splits joined in one pass, each example tagged with its split: a join per split and
+        # level was 6 shuffles, whose fixed cost was most of the joiner's time on small data
+        tagged = ([pipeline
+                   | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
+                       os.path.join(examples.path(split=split), "*"),
+                       coder=beam.coders.BytesCoder(), compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+                   | f"Tag[{split}]" >> beam.Map(lambda serialized, split=split: (split, serialized))
+                   for split in SPLITS]
+                  | "AllSplits" >> beam.Flatten())
+        joined = ({"examples": tagged | "KeyByUser" >> beam.Map(_key_by, "user_id"), "knowledge": users}
+                  | "JoinUsers" >> beam.CoGroupByKey()
+                  | "AddUserKnowledge" >> beam.FlatMap(_add_vector, USER_KNOWLEDGE, default_user,
+                                                       beam.pvalue.AsSingleton(scenarios)))
+        if store.has_items:
+            items = pipeline | "ItemKnowledge" >> beam.Create(keyed_vectors(store.items))
+            joined = ({"examples": joined | "KeyByItem" >> beam.Map(_key_by, "item_id"), "knowledge": items}
+                      | "JoinItems" >> beam.CoGroupByKey()
+                      | "AddItemKnowledge" >> beam.FlatMap(_add_vector, ITEM_KNOWLEDGE,
+                                                           store.default_item_vector.tolist()))
+        by_split = joined | "BySplit" >> beam.Partition(lambda tagged, _: SPLITS.index(tagged[0]), len(SPLITS))
+        for split, part in zip(SPLITS, by_split):
+            _ = part | f"Untag[{split}]" >> beam.Values() | f"Write[{split}]" >> _write_split(joined_examples, split)
 
 
-def _key_by(serialized: bytes, feature: str) -> Tuple[str, bytes]:
-    example = tf.train.Example.FromString(serialized)
-    return example.features.feature[feature].bytes_list.value[0].decode(), serialized
+def _key_by(tagged: Tuple[str, bytes], feature: str) -> Tuple[str, Tuple[str, bytes]]:
+    """(split, serialized example) -> (the example's `feature` value, (split, serialized example))."""
+    example = tf.train.Example.FromString(tagged[1])
+    return example.features.feature[feature].bytes_list.value[0].decode(), tagged
 
 
-def _add_vector(joined, name: str, default: list, scenario_vectors: Optional[Dict[str, list]] = None) -> Iterable[bytes]:
-    """(key, {examples, knowledge}) -> the examples with the key's vector (or `default`) as `name`,
-    and with `scenario_vectors` their scenario's vector too (in the same pass: parsing and
+def _add_vector(joined, name: str, default: list,
+                scenario_vectors: Optional[Dict[str, list]] = None) -> Iterable[Tuple[str, bytes]]:
+    """(key, {examples, knowledge}) -> the (split, example)s with the key's vector (or `default`) as
+    `name`, and with `scenario_vectors` their scenario's vector too (in the same pass: parsing and
     serializing the examples is most of the joiner's cost)."""
     _, groups = joined
     vector = groups["knowledge"][0] if groups["knowledge"] else default
-    for serialized in groups["examples"]:
+    for split, serialized in groups["examples"]:
         example = tf.train.Example.FromString(serialized)
         feature = example.features.feature
         feature[name].float_list.value.extend(vector)
@@ -206,7 +212,7 @@ def _add_vector(joined, name: str, default: list, scenario_vectors: Optional[Dic
             if scenario not in scenario_vectors:
                 raise UserFacingError(f"no knowledge for scenario {scenario!r}: re-run the KnowledgeExtractor")
             feature[SCENARIO_KNOWLEDGE].float_list.value.extend(scenario_vectors[scenario])
-        yield example.SerializeToString()
+        yield split, example.SerializeToString()
 
 
 def raise_on_anomalies(anomalies) -> None:

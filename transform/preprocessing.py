@@ -258,8 +258,8 @@ def train_count_buckets(raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     a vocabulary is about 90 Beam transforms, and one per slice was a third of the Transform's."""
     tagged = {keys: tf.strings.join(["+".join(keys), *(raw[k] for k in keys)], separator="\x1f")
               for keys, _ in SLICES.values()}
-    counts_file = tft.vocabulary(tf.concat(list(tagged.values()), axis=0), store_frequency=True,
-                                 vocab_filename="slice_train_counts")
+    all_keys = tf.concat(list(tagged.values()), axis=0)  # [kinds * B]
+    counts_file = tft.vocabulary(all_keys, store_frequency=True, vocab_filename="slice_train_counts")
 
     def count_lookup(values, filename):
         table = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
@@ -267,10 +267,11 @@ def train_count_buckets(raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
             default_value=0)
         return table.lookup(values), table.size()
 
+    counts = tft.apply_vocabulary(all_keys, counts_file, lookup_fn=count_lookup)
+    by_kind = dict(zip(tagged, tf.split(counts, len(tagged))))
     buckets = {}
     for name, (keys, edges) in SLICES.items():
-        count = tft.apply_vocabulary(tagged[keys], counts_file, lookup_fn=count_lookup)
-        buckets[name] = tf.reduce_sum(tf.cast(tf.expand_dims(count, -1) >= tf.constant(edges[1:], tf.int64),
+        buckets[name] = tf.reduce_sum(tf.cast(tf.expand_dims(by_kind[keys], -1) >= tf.constant(edges[1:], tf.int64),
                                               tf.int64), axis=-1)
     return buckets
 
