@@ -11,4 +11,4 @@ def test_the_keras_reuse_example_trains_saves_and_reloads(tmp_path, monkeypatch)
     features = {name: value[:8] for name, value in scope["features"].items()}
     np.testing.assert_allclose(scope["reloaded"].predict(features, verbose=0),
                                scope["model"].predict(features, verbose=0), rtol=1e-5, atol=1e-6)
-    assert (tmp_path / "my_model" / "saved_model.pb").is_file()
+    assert (tmp_path / "my_model.keras").is_file()
