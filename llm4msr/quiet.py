@@ -29,10 +29,10 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("default", category=category, module="llm4msr")  # ours stay visible
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    sys.unraisablehook = _drop_teardown_noise
+    sys.unraisablehook = drop_teardown_noise
 
 
-def _drop_teardown_noise(unraisable, _sys=sys) -> None:  # `_sys`: module globals are gone by then
+def drop_teardown_noise(unraisable, _sys=sys) -> None:  # `_sys`: module globals are gone by then
     """TensorFlow functions still alive when the interpreter exits (the pipeline's traced Transform
     tables) fail in their `__del__` once TF's module globals are gone: a traceback per function
     after a run that succeeded. Those are dropped; every other unraisable exception is printed."""

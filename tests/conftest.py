@@ -2,10 +2,14 @@
 (CI=true) a missing data set is a failure, elsewhere the tests that need it are skipped."""
 import os
 import pathlib
+import sys
 
 import pytest
 
+from llm4msr.quiet import drop_teardown_noise
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.unraisablehook = drop_teardown_noise  # TF functions alive at exit: as `llm4msr` does, no traceback each
 
 
 def _data_root() -> pathlib.Path:

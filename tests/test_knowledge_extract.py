@@ -104,6 +104,26 @@ def test_a_rerun_on_the_same_inputs_does_nothing_and_loads_neither_beam_nor_tens
     assert up_to_date(levels=LEVELS, force=True) == 0
 
 
+def test_a_fully_cached_run_into_a_new_folder_writes_the_same_artifact_without_beam_or_tensorflow(small, tmp_path):
+    first = run(small, tmp_path / "first", tmp_path / "cache")  # the Beam job embeds every prompt
+    script = ("import sys, json; from llm4msr.pipeline.knowledge.extract import extract_knowledge; "
+              f"counts = extract_knowledge({str(small)!r}, {str(tmp_path / 'second')!r}, "
+              f"cache_dir={str(tmp_path / 'cache')!r}, levels=['user', 'scenario'], progress=False); "
+              "print(json.dumps([counts, [m for m in ('apache_beam', 'tensorflow') if m in sys.modules]]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    counts, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded == [] and counts["up_to_date"] == 0
+    assert counts["inferences"] == 0 and counts["prompts"] == counts["cache_hits"] == first["prompts"]
+    beam_made, cache_made = read_knowledge(tmp_path / "first"), read_knowledge(tmp_path / "second")
+    for level in ("users", "scenarios"):
+        made_by_beam, made_from_cache = getattr(beam_made, level), getattr(cache_made, level)
+        assert made_by_beam.keys() == made_from_cache.keys()
+        for key, record in made_by_beam.items():
+            other = made_from_cache[key]
+            assert (record.prompt, record.prompt_hash, record.text) == (other.prompt, other.prompt_hash, other.text)
+            np.testing.assert_array_equal(record.vector, other.vector)
+
+
 def test_damaged_cache_chunks_are_discarded_and_recomputed(small, tmp_path, caplog):
     run(small, tmp_path / "k1", tmp_path / "cache", batch_size=4)
     chunks = sorted((tmp_path / "cache").glob("*/*.npz"))

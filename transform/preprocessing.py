@@ -23,7 +23,7 @@ Every statistic (vocabularies, means, counts) comes from the train split only: T
 """
 import functools
 import pathlib
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import apache_beam as beam
 import numpy as np

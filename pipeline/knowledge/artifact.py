@@ -154,6 +154,18 @@ def write_metadata(folder, metadata: dict) -> None:
                                                           sort_keys=True) + "\n")
 
 
+def row(prompt, vector, text: str) -> dict:
+    """One artifact row (`SCHEMA`): a prompt (`prompts.Prompt`) with its vector and text."""
+    return {"id": prompt.id, "vector": np.asarray(vector, np.float32).tolist(), "prompt": prompt.text,
+            "prompt_hash": prompt.prompt_hash, "text": text}
+
+
+def write_level(folder, level: str, rows: Iterable[dict]) -> None:
+    """One level's rows as a single Parquet shard (what the Beam job writes as several)."""
+    (pathlib.Path(folder) / level).mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(list(rows), schema=SCHEMA), pathlib.Path(folder) / level / "part-00000.parquet")
+
+
 def records_to_table(records: Iterable[KnowledgeRecord]) -> pa.Table:
     records = list(records)
     return pa.table({

@@ -21,7 +21,6 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -37,11 +36,11 @@ LOCAL_INFERENCE_WORKER = ["--direct_running_mode=multi_processing", "--direct_nu
 INFERENCE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # a value the user set wins
 
 
-def run_job(prompts: List[Prompt], cache: KnowledgeCache, out_dir: str, spec: ModelSpec, batch_size: int,
-            bucket_by_length: bool, levels: Sequence[str], beam_pipeline_args: Optional[Sequence[str]],
-            progress: bool, started: float) -> Dict[str, float]:
-    """Runs the job into `out_dir` (a staging folder) and returns its counts (see `extract_knowledge`)."""
-    cached = cache.index()
+def run_job(prompts: List[Prompt], cache: KnowledgeCache, cached: Dict[str, str], out_dir: str, spec: ModelSpec,
+            batch_size: int, bucket_by_length: bool, levels: Sequence[str],
+            beam_pipeline_args: Optional[Sequence[str]], progress: bool, started: float) -> Dict[str, float]:
+    """Runs the job into `out_dir` (a staging folder) and returns its counts (see `extract_knowledge`);
+    `cached` is `cache.index()`."""
     pending = len({_key(p) for p in prompts} - set(cached))
     options = PipelineOptions(pipeline_args(beam_pipeline_args, pending))
     pipeline = beam.Pipeline(options=options)
@@ -192,8 +191,7 @@ def _rows(joined):
         raise RuntimeError(f"no vector for cache key {key}")  # a bug, never bad input
     vector, text = results[0]
     for prompt in grouped["prompt"]:
-        yield prompt.level, {"id": prompt.id, "vector": np.asarray(vector, np.float32).tolist(),
-                             "prompt": prompt.text, "prompt_hash": prompt.prompt_hash, "text": text}
+        yield prompt.level, artifact.row(prompt, vector, text)
 
 
 def _counts(result, prompts: List[Prompt], cached: Dict[str, str], started: float) -> Dict[str, float]:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from llm4msr.files import replace_dir, source_fingerprint, staging_dir
 from llm4msr.pipeline.data.canonical import dataset_fingerprint, read_dataset
 from llm4msr.pipeline.knowledge import artifact, prompts as prompts_module, templates as templates_module
-from llm4msr.pipeline.knowledge.cache import KnowledgeCache, default_cache_dir
+from llm4msr.pipeline.knowledge.cache import KnowledgeCache, cache_key, default_cache_dir
 from llm4msr.pipeline.knowledge.llm import ModelSpec, load_tokenizer, resolve_model, token_counter
 from llm4msr.pipeline.knowledge.prompts import build_prompts
 from llm4msr.pipeline.knowledge.templates import combined_version, load_templates
@@ -44,20 +44,46 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
     current = None if force else _current_counts(out_dir, inputs, started)
     if current is not None:
         return current
-    from llm4msr.pipeline.knowledge import beam_job  # imports Beam (seconds): only when there is work
-
     prompts = build_prompts(read_dataset(dataset_dir), loaded, token_counter(load_tokenizer(spec)),
                             spec.prompt_budget, levels)
     cache = KnowledgeCache(cache_dir or default_cache_dir(), spec.fingerprint)
+    cached = cache.index()
     staging = staging_dir(out_dir)
     try:
-        counts = {**beam_job.run_job(prompts, cache, staging, spec, batch_size, bucket_by_length, levels,
-                                     beam_pipeline_args, progress, started), "up_to_date": 0}
+        if all(cache_key(p.template_version, p.prompt_hash) in cached for p in prompts):
+            counts = _write_from_cache(prompts, cache, cached, staging, levels, started)
+        else:
+            from llm4msr.pipeline.knowledge import beam_job  # imports Beam (seconds): only when there is work
+
+            counts = {**beam_job.run_job(prompts, cache, cached, staging, spec, batch_size, bucket_by_length, levels,
+                                         beam_pipeline_args, progress, started), "up_to_date": 0}
         artifact.write_metadata(staging, _metadata(spec, loaded, dataset_dir, staging, counts, levels, inputs))
         replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return counts
+
+
+def _write_from_cache(prompts, cache: KnowledgeCache, cached: Dict[str, str], staging: pathlib.Path,
+                      levels: Sequence[str], started: float) -> Dict[str, float]:
+    """Every prompt is in the cache: the artifact is written here, each chunk read once, with no
+    Beam job, TensorFlow or model (a Beam job's start alone took longer than this whole path)."""
+    keyed = [(cache_key(p.template_version, p.prompt_hash), p) for p in prompts]
+    by_chunk: Dict[str, set] = {}
+    for key, _ in keyed:
+        by_chunk.setdefault(cached[key], set()).add(key)
+    found = {key: (vector, text) for chunk, keys in by_chunk.items() for key, vector, text in cache.read(chunk, keys)}
+    for level in levels:
+        artifact.write_level(staging, level, (artifact.row(p, *found[key]) for key, p in keyed if p.level == level))
+    return {**_cached_counts(len(prompts), started), "discarded_cache_chunks": len(cache.discarded), "up_to_date": 0}
+
+
+def _cached_counts(prompts: int, started: float) -> Dict[str, float]:
+    """The counts of a run that embedded nothing (every prompt came from the cache)."""
+    seconds = time.time() - started
+    return {"prompts": prompts, "cache_hits": prompts, "inferences": 0, "tokens": 0, "inferences_with_onednn": 0,
+            "inference_seconds": 0.0, "inference_cpu_seconds": 0.0, "seconds": round(seconds, 3),
+            "prompts_per_second": round(prompts / max(seconds, 1e-9), 2)}
 
 
 def _inputs(spec: ModelSpec, templates, dataset_dir, levels: Sequence[str]) -> dict:
@@ -77,11 +103,8 @@ def _current_counts(out_dir: pathlib.Path, inputs: dict, started: float) -> Opti
     whole = all(any((out_dir / level).glob("*.parquet")) for level in inputs["levels"])
     if metadata.get("inputs") != inputs or metadata.get("format") != artifact.FORMAT_VERSION or not whole:
         return None
-    prompts, seconds = int(metadata.get("counts", {}).get("prompts", 0)), time.time() - started
-    return {"prompts": prompts, "cache_hits": prompts, "inferences": 0, "tokens": 0, "inferences_with_onednn": 0,
-            "inference_seconds": 0.0, "inference_cpu_seconds": 0.0, "seconds": round(seconds, 3),
-            "prompts_per_second": round(prompts / max(seconds, 1e-9), 2), "discarded_cache_chunks": 0,
-            "up_to_date": 1}
+    prompts = int(metadata.get("counts", {}).get("prompts", 0))
+    return {**_cached_counts(prompts, started), "discarded_cache_chunks": 0, "up_to_date": 1}
 
 
 def _metadata(spec: ModelSpec, templates, dataset_dir, staging: pathlib.Path, counts, levels, inputs) -> dict:
