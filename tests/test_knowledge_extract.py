@@ -79,16 +79,21 @@ def test_two_runs_hit_the_cache_and_write_a_complete_artifact(data, tmp_path):
     assert np.dot(direct[0], two.users["2"].vector) > 0.9999 and np.dot(direct[1], two.scenarios["S1"].vector) > 0.9999
 
 
+def _extract_in_a_new_process(data, out, cache):
+    """(counts, which of Beam and TensorFlow the extraction imported) of a run in a fresh interpreter."""
+    script = ("import sys, json; from llm4msr.pipeline.knowledge.extract import extract_knowledge; "
+              f"counts = extract_knowledge({str(data)!r}, {str(out)!r}, "
+              f"cache_dir={str(cache)!r}, levels=['user', 'scenario'], progress=False); "
+              "print(json.dumps([counts, [m for m in ('apache_beam', 'tensorflow') if m in sys.modules]]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_a_rerun_on_the_same_inputs_does_nothing_and_loads_neither_beam_nor_tensorflow(small, tmp_path):
     first = run(small, tmp_path / "out", tmp_path / "cache")
     assert first["up_to_date"] == 0
     before = read_knowledge(tmp_path / "out")
-    script = ("import sys, json; from llm4msr.pipeline.knowledge.extract import extract_knowledge; "
-              f"counts = extract_knowledge({str(small)!r}, {str(tmp_path / 'out')!r}, "
-              f"cache_dir={str(tmp_path / 'cache')!r}, levels=['user', 'scenario'], progress=False); "
-              "print(json.dumps([counts, [m for m in ('apache_beam', 'tensorflow') if m in sys.modules]]))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    counts, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    counts, loaded = _extract_in_a_new_process(small, tmp_path / "out", tmp_path / "cache")
     assert counts["up_to_date"] == 1 and counts["inferences"] == 0 and loaded == []
     assert counts["prompts"] == counts["cache_hits"] == first["prompts"]
     assert read_knowledge(tmp_path / "out").metadata == before.metadata  # untouched
@@ -106,12 +111,7 @@ def test_a_rerun_on_the_same_inputs_does_nothing_and_loads_neither_beam_nor_tens
 
 def test_a_fully_cached_run_into_a_new_folder_writes_the_same_artifact_without_beam_or_tensorflow(small, tmp_path):
     first = run(small, tmp_path / "first", tmp_path / "cache")  # the Beam job embeds every prompt
-    script = ("import sys, json; from llm4msr.pipeline.knowledge.extract import extract_knowledge; "
-              f"counts = extract_knowledge({str(small)!r}, {str(tmp_path / 'second')!r}, "
-              f"cache_dir={str(tmp_path / 'cache')!r}, levels=['user', 'scenario'], progress=False); "
-              "print(json.dumps([counts, [m for m in ('apache_beam', 'tensorflow') if m in sys.modules]]))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    counts, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    counts, loaded = _extract_in_a_new_process(small, tmp_path / "second", tmp_path / "cache")
     assert loaded == [] and counts["up_to_date"] == 0
     assert counts["inferences"] == 0 and counts["prompts"] == counts["cache_hits"] == first["prompts"]
     beam_made, cache_made = read_knowledge(tmp_path / "first"), read_knowledge(tmp_path / "second")
