@@ -33,9 +33,9 @@ def quiet_libraries() -> None:
 
 
 def drop_teardown_noise(unraisable, _sys=sys) -> None:  # `_sys`: module globals are gone by then
-    """TensorFlow functions still alive when the interpreter exits (the pipeline's traced Transform
-    tables) fail in their `__del__` once TF's module globals are gone: a traceback per function
-    after a run that succeeded. Those are dropped; every other unraisable exception is printed."""
+    """TensorFlow functions still alive when the interpreter exits fail in their `__del__` once TF's
+    module globals are gone: a traceback per function after a pipeline run that succeeded (19 on the
+    tiny fixture; which object keeps them alive is not known). Those are dropped; every other unraisable exception is printed."""
     destructor = getattr(unraisable.object, "__qualname__", "")
     if not (_sys.is_finalizing() and destructor == "AtomicFunction.__del__"):
         _sys.__unraisablehook__(unraisable)

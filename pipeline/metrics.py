@@ -6,7 +6,7 @@
   model beats the constant; a value of 1 or more means a miscalibrated or useless model, whatever
   its AUC.
 
-Use them as `tfma.MetricConfig(class_name="NormalizedLogloss", module="llm4msr.pipeline.metrics")`.
+Use them as `tfma.MetricConfig(class_name="Logloss" or "NormalizedLogloss", module="llm4msr.pipeline.metrics")`.
 """
 import math
 from typing import Any, Dict, Iterable

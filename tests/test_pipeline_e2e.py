@@ -128,6 +128,9 @@ def test_the_three_signatures_answer_on_real_examples(first_run, workspace):
     assert transformed["scenario"].numpy().max() <= 2 and transformed["user_knowledge"].shape == (16, REDUCTION)
     np.testing.assert_allclose(transformed["user_knowledge"].numpy(), raw["user_knowledge"].numpy(), atol=1e-4)
     assert transformed["item_knowledge"].shape == (16, REDUCTION)
+    # saved without traced layer calls, the pushed model still reloads as our Keras model
+    reloaded = tf.keras.models.load_model(first_run["pushed"])
+    np.testing.assert_allclose(reloaded(transformed).numpy(), from_examples, rtol=1e-4, atol=1e-6)
 
 
 def test_the_readme_pushed_model_example_scores_the_pushed_version(first_run, workspace):

@@ -145,13 +145,13 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
     the knowledge as the pushed store holds it: already reduced when the Transform reduces it (the
     store is reduced with the same graph at push time, `reduced_store`), so a request never
     carries the LLM-wide vectors."""
-    tft_layer = tft_output.transform_features_layer()
+    model.tft_layer = tft_output.transform_features_layer()  # tracked, so its tables and assets are saved
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != LABEL}
     raw_dims, served_dims = knowledge_widths(tft_output)
     reduced = raw_dims != served_dims
 
     def predict(raw_features):
-        return {PREDICTION_KEY: model(tft_layer(raw_features))}
+        return {PREDICTION_KEY: model(model.tft_layer(raw_features))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(examples):
@@ -171,16 +171,15 @@ def export(model: tf.keras.Model, tft_output: tft.TFTransformOutput, path: str) 
             return predict(raw)
         rows = tf.shape(raw[RAW_FEATURES[0]])[0]
         raw.update({name: tf.zeros([rows, dim]) for name, dim in raw_dims.items()})  # outputs replaced below
-        transformed = tft_layer(raw)
+        transformed = model.tft_layer(raw)
         transformed.update({name: features[name] for name in served_dims})
         return {PREDICTION_KEY: model(transformed)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(examples):
         raw = tf.io.parse_example(examples, raw_spec)
-        return tft_layer(raw)
+        return model.tft_layer(raw)
 
-    model.tft_layer = tft_layer  # tracked, so the Transform's tables and assets are saved
     # without traced layer calls: serving and TFMA use the signatures, and tf.keras.models.load_model
     # rebuilds our layers from their configs; tracing them took 7-23 s of the export (tiny fixture)
     # and doubled the Evaluator's load

@@ -25,7 +25,6 @@ import functools
 import pathlib
 from typing import Dict, List
 
-import apache_beam as beam
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -81,69 +80,23 @@ def preprocessing_fn(inputs, custom_config):
 
 def reduce_knowledge(vectors: tf.Tensor, width: int, name: str) -> tf.Tensor:
     """`[B, dim]` LLM vectors -> `[B, width]`: centred on the train mean, projected on the train rows'
-    `width` principal directions, scaled to unit mean squared norm on train. The raw vectors of
-    one LLM share a large common direction (MiniLM users: mean pairwise cosine 0.90); what tells
-    users (items) apart is in the directions left after removing it."""
+    `width` principal directions (`tft.pca`), scaled to unit mean squared norm on train. The
+    raw vectors of one LLM share a large common direction (MiniLM users: mean pairwise cosine 0.90);
+    what tells users (items) apart is in the directions left after removing it."""
     dim = int(vectors.shape[-1])
     if width > dim:
         raise ValueError(f"knowledge_reduction {width} is wider than the {name} vectors ({dim})")
-    mean, basis, scale = tft.experimental.ptransform_analyzer(
-        [vectors], PrincipalComponents(dim, width), output_dtypes=[tf.float32] * 3,
-        output_shapes=[[dim], [dim, width], []], name=f"{name}_reduction")
-    return tf.matmul(vectors - mean, basis) * scale
-
-
-class PrincipalComponents(beam.PTransform):
-    """Batches of `[rows, dim]` vectors -> (mean `[dim]`, the top `width` principal directions
-    `[dim, width]`, scale `[]`), from one combined pass (count, sum and sum of outer products, in
-    float64). The scale is one for every component, so the spectrum keeps its shape, and gives unit
-    mean squared norm, the scale of the (normalised) raw vectors; whitening each component to unit
-    variance measured worse on eval (ml-latest-small; docs/RESULTS.md). A single analyzer in place
-    of `tft.mean` + `tft.pca` + `tft.covariance`: each analyzer is a dozen Beam stages, and their
-    fixed cost was a quarter of the Transform on small data."""
-
-    def __init__(self, dim: int, width: int):
-        super().__init__()
-        self._dim, self._width = dim, width
-
-    def expand(self, batches):
-        moments = batches | "Moments" >> beam.CombineGlobally(_MomentsCombiner())
-        return tuple(moments | f"Output{index}" >> beam.Map(lambda m, i=index: self._components(m)[i])
-                     for index in range(3))
-
-    def _components(self, moments):
-        count, total, outer = moments
-        if count == 0:  # no train rows: the identity on the first directions
-            return np.zeros(self._dim, np.float32), np.eye(self._dim, self._width, dtype=np.float32), np.float32(1.0)
-        mean = total / count
-        eigenvalues, eigenvectors = np.linalg.eigh(outer / count - np.outer(mean, mean))
-        top = np.argsort(eigenvalues)[::-1][:self._width]
-        variance = float(np.clip(eigenvalues[top], 0.0, None).sum())
-        return (mean.astype(np.float32), eigenvectors[:, top].astype(np.float32),
-                np.float32(1.0 / np.sqrt(max(variance, 1e-12))))
-
-
-class _MomentsCombiner(beam.CombineFn):
-    """(row count, sum `[dim]`, sum of outer products `[dim, dim]`) of every batch's vectors."""
-
-    def create_accumulator(self):
-        return 0, None, None
-
-    def add_input(self, accumulator, batch):
-        vectors = np.asarray(batch[0], np.float64).reshape(len(batch[0]), -1)
-        return self.merge_accumulators([accumulator, (len(vectors), vectors.sum(axis=0), vectors.T @ vectors)])
-
-    def merge_accumulators(self, accumulators):
-        count, total, outer = 0, None, None
-        for rows, part_sum, part_outer in accumulators:
-            if rows:
-                count += rows
-                total = part_sum if total is None else total + part_sum
-                outer = part_outer if outer is None else outer + part_outer
-        return count, total, outer
-
-    def extract_output(self, accumulator):
-        return accumulator
+    # one analysis pass: the variance of each component is its direction's quadratic form in the
+    # train covariance (a second pass over the projected rows would cost a re-read of the data)
+    mean = tft.mean(vectors, reduce_instance_dims=False, name=f"{name}_mean")
+    basis = tft.pca(vectors, output_dim=width, dtype=tf.float32, name=f"{name}_pca")  # [dim, width]
+    covariance = tft.covariance(vectors, dtype=tf.float32, name=f"{name}_covariance")
+    variance = tf.reduce_sum(basis * tf.matmul(covariance, basis), axis=0)
+    projected = tf.matmul(vectors - mean, basis)
+    # one scale for every component, so the spectrum keeps its shape, and unit mean squared norm, the
+    # scale of the (normalised) raw vectors; whitening each component to unit variance, and unit
+    # variance per component, measured worse on eval (ml-latest-small; docs/RESULTS.md)
+    return projected * tf.math.rsqrt(tf.maximum(tf.reduce_sum(variance), 1e-12))
 
 
 def transform_knowledge(transform_layer, name: str, vectors: np.ndarray, knowledge_dims: Dict[str, int],
