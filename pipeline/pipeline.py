@@ -17,7 +17,7 @@ import llm4msr.trainer
 import llm4msr.transform
 from llm4msr.contract import DEFAULT_SIGNATURE, LABEL, PREDICTION_KEY, SCENARIO, TRANSFORM_SIGNATURE
 from llm4msr.files import source_fingerprint
-from llm4msr.pipeline import components, metrics
+from llm4msr.pipeline import baseline, components, metrics
 from llm4msr.pipeline.data.canonical import dataset_fingerprint
 from llm4msr.pipeline.config import PipelineConfig
 from llm4msr.transform.preprocessing import SLICES
@@ -26,7 +26,8 @@ SCENARIO_SLICE = tfma.SlicingSpec(feature_keys=[SCENARIO])
 BLESSING_SLICES = [tfma.SlicingSpec(), SCENARIO_SLICE]  # overall and every scenario
 
 
-def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+def create_pipeline(config: PipelineConfig, kubeflow: bool = False) -> tfx.dsl.Pipeline:
+    """The pipeline for `config`; `kubeflow=True` for KubeflowV2DagRunner (see the resolver below)."""
     dataset_dir = str(pathlib.Path(config.dataset_dir).resolve())
     fingerprint = dataset_fingerprint(dataset_dir)
     scenario_ids = _scenario_ids(dataset_dir)
@@ -71,11 +72,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config={"model": config.model, "training": config.training, "scenarios": scenario_ids,
                        "code": trainer_code})
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    model_resolver = _baseline_resolver(trainer, kubeflow)
     evaluator = tfx.components.Evaluator(
         examples=knowledge_joiner.outputs["joined_examples"], model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"], example_splits=["test"],
@@ -95,6 +92,20 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             str(pathlib.Path(config.metadata_path).resolve())),
         beam_pipeline_args=list(config.beam_args),
     )
+
+
+def _baseline_resolver(trainer, kubeflow: bool) -> tfx.dsl.Resolver:
+    """The last blessed model other than this run's (so an unchanged rerun's Evaluator is cached).
+    KubeflowV2DagRunner compiles only TFX's built-in strategies: there, the latest blessed model
+    (a rerun compares the candidate with itself, which passes the change threshold)."""
+    models = dict(model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+                  model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing))
+    if kubeflow:
+        return tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+                                **models).with_id("latest_blessed_model_resolver")
+    return tfx.dsl.Resolver(strategy_class=baseline.PreviousBlessedModelStrategy,
+                            **{baseline.CANDIDATE: trainer.outputs["model"]}, **models
+                            ).with_id("latest_blessed_model_resolver")
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:

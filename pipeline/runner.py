@@ -95,7 +95,7 @@ def compile_kubeflow(config: PipelineConfig, output: str, image: str) -> str:
     output_path.parent.mkdir(parents=True, exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=runner_config, output_dir=str(output_path.parent), output_filename=output_path.name)
-    runner.run(create_pipeline(config), write_out=True)
+    runner.run(create_pipeline(config, kubeflow=True), write_out=True)
     return str(output_path)
 
 
