@@ -1,10 +1,18 @@
 """Atomic publication: readers see the complete old file or folder or the complete new one.
 
 `write_file` for single files (a uniquely named temporary sibling, fsynced, then renamed over the
-target); `staging_dir` + `replace_dir` for folders. Every writer of the project uses these."""
+target); `staging_dir` + `replace_dir` for folders. Every writer of the project uses these.
+
+Paths are local paths (`str` or `pathlib.Path`) or URIs (`gs://b/x`, `s3://b/x`, `hdfs://...`,
+`file:///x`) given as `str`; URIs go through `tf.io.gfile` (imported only for them, so local work
+such as a cached knowledge run needs no TensorFlow). A rename is atomic where the storage's rename
+is (local disks, HDFS); on object stores (GCS, S3) a folder's rename copies object by object,
+and what publishes a pipeline output there is its TFX artifact turning LIVE in ML Metadata after
+the component finished."""
 import hashlib
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 
@@ -14,29 +22,58 @@ from llm4msr.errors import UserFacingError
 # Every folder published through `replace_dir` carries this file, so a later run replaces only
 # folders it wrote (constant content: data-set fingerprints hash every file of the folder).
 OWNER_MARKER = ".llm4msr-output"
+OWNER_MARKER_TEXT = "written by llm4msr; replaced by its next run of this output\n"
 # outputs written before the marker existed, recognised by all of their files (one common name,
 # such as manifest.json, is not enough): a data set, a knowledge folder, a Transform output
 LEGACY_OUTPUTS = (("manifest.json", "interactions.csv", "scenarios.json"), ("knowledge.json", "scenario", "user"),
                   ("transform_fn", "transformed_metadata"))
 
 
-def staging_dir(out) -> pathlib.Path:
+def is_uri(path) -> bool:
+    """`gs://b/x`, `file:///x`: a path for `tf.io.gfile` (a `pathlib.Path` would fold its `//`)."""
+    return isinstance(path, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _sibling(path: str, name: str) -> str:
+    return f"{path.rstrip('/').rsplit('/', 1)[0]}/{name}"
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[1]
+
+
+def staging_dir(out):
     """A fresh temporary sibling of `out` (same file system, so the final rename is atomic), with
     the owner marker in it. Refuses an `out` that is not ours before any work is done. Its name
     carries this process id; staging folders of `out` left by processes that no longer run (a
-    killed run) are removed first."""
-    out = pathlib.Path(out)
+    killed run) are removed first (local outputs only: a URI's writer may run on another machine)."""
     check_replaceable(out)
+    if is_uri(out):
+        gfile = _gfile()
+        staging = _sibling(out, f".{_basename(out)}.staging.{os.getpid()}.{os.urandom(4).hex()}")
+        gfile.makedirs(staging)
+        with gfile.GFile(f"{staging}/{OWNER_MARKER}", "w") as handle:
+            handle.write(OWNER_MARKER_TEXT)
+        return staging
+    out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(out)
     staging = out.parent / f".{out.name}.staging.{os.getpid()}.{os.urandom(4).hex()}"
     staging.mkdir()  # the umask's permissions: mkdtemp's 0700 would make the published folder private
-    (staging / OWNER_MARKER).write_text("written by llm4msr; replaced by its next run of this output\n")
+    (staging / OWNER_MARKER).write_text(OWNER_MARKER_TEXT)
     return staging
 
 
 def check_replaceable(out) -> None:
     """`out` may be replaced: it does not exist, is an empty folder, or is an output of ours."""
+    if is_uri(out):
+        return _check_replaceable_uri(out)
     out = pathlib.Path(out)
     if not out.name or out.resolve() == out.resolve().parent:
         raise UserFacingError(f"{out} cannot be an output folder (choose a named folder such as runs/out)")
@@ -48,6 +85,22 @@ def check_replaceable(out) -> None:
     ours = (out / OWNER_MARKER).exists() or any(all((out / name).exists() for name in names)
                                                  for names in LEGACY_OUTPUTS)
     if not ours and any(out.iterdir()):
+        raise UserFacingError(f"{out} exists and was not written by llm4msr (it has no {OWNER_MARKER}): refusing "
+                              f"to replace what is there (choose another output folder, or empty it yourself)")
+
+
+def _check_replaceable_uri(out: str) -> None:
+    gfile = _gfile()
+    if not _basename(out) or out.rstrip("/").endswith(":/"):
+        raise UserFacingError(f"{out} cannot be an output folder (choose a named folder such as gs://bucket/out)")
+    if not gfile.exists(out):
+        return
+    if not gfile.isdir(out):
+        raise UserFacingError(f"{out} exists and is not a folder: refusing to replace it "
+                              f"(choose another output path, or remove it yourself)")
+    names = {name.rstrip("/") for name in gfile.listdir(out)}
+    ours = OWNER_MARKER in names or any(set(legacy) <= names for legacy in LEGACY_OUTPUTS)
+    if not ours and names:
         raise UserFacingError(f"{out} exists and was not written by llm4msr (it has no {OWNER_MARKER}): refusing "
                               f"to replace what is there (choose another output folder, or empty it yourself)")
 
@@ -72,8 +125,18 @@ def _running(pid: int) -> bool:
 
 def replace_dir(staging, out) -> None:
     """Renames the complete `staging` folder to `out`; an existing `out` is removed only after the swap."""
-    staging, out = pathlib.Path(staging), pathlib.Path(out)
     check_replaceable(out)  # again: it may have appeared while the output was being made
+    if is_uri(out):
+        gfile = _gfile()
+        if gfile.exists(out):
+            retired = _sibling(out, f".{_basename(out)}.old.{os.getpid()}.{os.urandom(4).hex()}")
+            gfile.rename(out, retired)
+            gfile.rename(staging, out)
+            gfile.rmtree(retired)
+        else:
+            gfile.rename(staging, out)
+        return
+    staging, out = pathlib.Path(staging), pathlib.Path(out)
     if out.exists():
         retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
         os.rename(out, retired / out.name)
@@ -83,9 +146,11 @@ def replace_dir(staging, out) -> None:
         os.rename(staging, out)
 
 
-def write_file(path, data) -> pathlib.Path:
+def write_file(path, data):
     """Writes `data` (str or bytes) to `path` atomically and durably. The temporary file is opened
     like any new file, so it gets the process umask's permissions (mkstemp's would be 0600)."""
+    if is_uri(path):
+        return _write_file_uri(path, data)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
@@ -97,6 +162,21 @@ def write_file(path, data) -> pathlib.Path:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_file_uri(path: str, data) -> str:
+    gfile = _gfile()
+    gfile.makedirs(path.rstrip("/").rsplit("/", 1)[0])
+    tmp = _sibling(path, f".{_basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        with gfile.GFile(tmp, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        if gfile.exists(tmp):
+            gfile.remove(tmp)
         raise
     return path
 

@@ -1,0 +1,57 @@
+"""Atomic publication (`llm4msr.files`) on local paths and, through tf.io.gfile, on URIs: the
+same contract on both (here `file://`, the gfile code path that gs:// and s3:// take)."""
+import os
+
+import pytest
+
+from llm4msr.errors import UserFacingError
+from llm4msr.files import OWNER_MARKER, is_uri, replace_dir, staging_dir, write_file
+
+
+@pytest.fixture(params=["local", "uri"])
+def place(request, tmp_path):
+    """A function naming a path under tmp_path, as a local path or as a file:// URI."""
+    return lambda name: str(tmp_path / name) if request.param == "local" else f"file://{tmp_path}/{name}"
+
+
+def _local(path) -> str:
+    return str(path)[len("file://"):] if str(path).startswith("file://") else str(path)
+
+
+def test_uris_are_told_from_local_paths():
+    assert is_uri("gs://bucket/x") and is_uri("file:///tmp/x") and is_uri("s3://b")
+    assert not is_uri("/tmp/x") and not is_uri("runs/gs:/x") and not is_uri("c:\\x")
+
+
+def test_write_file_replaces_the_target_and_leaves_no_temporary(place, tmp_path):
+    target = place("out/report.json")
+    write_file(target, "old")
+    write_file(target, b"new")
+    assert open(_local(target)).read() == "new"
+    assert os.listdir(tmp_path / "out") == ["report.json"]
+
+
+def test_a_staged_folder_replaces_an_earlier_output_of_ours(place, tmp_path):
+    out = place("knowledge")
+    for text in ("first", "second"):
+        staging = staging_dir(out)
+        with open(os.path.join(_local(staging), "part.txt"), "w") as handle:
+            handle.write(text)
+        if text == "second":  # the earlier output stays whole until the swap
+            assert (tmp_path / "knowledge" / "part.txt").read_text() == "first"
+        replace_dir(staging, out)
+    assert (tmp_path / "knowledge" / "part.txt").read_text() == "second"
+    assert (tmp_path / "knowledge" / OWNER_MARKER).exists()
+    assert sorted(os.listdir(tmp_path)) == ["knowledge"]  # no staging or retired folder left
+
+
+def test_a_folder_that_is_not_ours_is_refused_before_any_work(place, tmp_path):
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserFacingError, match="was not written by llm4msr"):
+        staging_dir(place("theirs"))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserFacingError, match="is not a folder"):
+        staging_dir(place("a_file"))
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "theirs"]
