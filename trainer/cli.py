@@ -9,7 +9,7 @@ import pathlib
 from llm4msr.trainer.knowledge_modes import KNOWLEDGE_MODES  # TF-free: building the parser stays fast
 
 MODEL_FLAGS = ("backbone", "knowledge", "learning_rate")
-TRAINING_FLAGS = ("seed", "epochs", "patience", "batch_size")
+TRAINING_FLAGS = ("seed", "epochs", "patience", "batch_size", "distribute")
 
 
 def add_parser(subparsers) -> None:
@@ -24,6 +24,9 @@ def add_parser(subparsers) -> None:
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping on eval AUC; default 10)")
     train.add_argument("--patience", type=int, help="epochs without eval AUC gain before stopping (default 2)")
     train.add_argument("--batch-size", type=int, help="default 1024")
+    train.add_argument("--distribute", choices=["auto", "none", "multi_worker"],
+                       help="auto (default): one MultiWorkerMirroredStrategy replica per worker when TF_CONFIG "
+                            "names several; run the same command on every worker")
     train.add_argument("--learning-rate", type=float, help="default 1e-3")
     train.add_argument("--knowledge-reduction", type=int, default=0, metavar="K",
                        help="reduce every knowledge level to K whitened principal components fitted on the "

@@ -29,7 +29,7 @@ from llm4msr.pipeline.knowledge.artifact import Knowledge, read_knowledge
 from llm4msr.trainer import metrics
 from llm4msr.trainer.features import InputSpec, input_spec_from_transform
 from llm4msr.trainer.model import ModelConfig
-from llm4msr.trainer.training import TrainConfig, fit
+from llm4msr.trainer.training import TrainConfig, distribution_strategy, fit
 from llm4msr.transform import preprocessing
 
 USER_ROW, SCENARIO_ROW, ITEM_ROW = "_user_row", "_scenario_row", "_item_row"  # indices into the knowledge tables
@@ -284,6 +284,7 @@ def train(data_dir, config: ModelConfig, knowledge_dir=None, training: Optional[
           verbose: int = 2, knowledge_reduction: int = 0) -> dict:
     """Trains with the one training loop and reports eval and test metrics."""
     training = training or TrainConfig()
+    strategy = distribution_strategy(training.distribute)  # before the Transform starts TensorFlow
     knowledge = load_knowledge(knowledge_dir, config.knowledge, data_dir)
     dataset = read_dataset(data_dir)
     encoder = ExampleEncoder(dataset, knowledge, knowledge_reduction)
@@ -291,7 +292,7 @@ def train(data_dir, config: ModelConfig, knowledge_dir=None, training: Optional[
     for name, encoded in splits.items():
         if not len(encoded.labels):
             raise UserFacingError(f"{data_dir}: the {name} split is empty")
-    ranking, summary = fit_encoded(encoder, splits, config, training, verbose)
+    ranking, summary = fit_encoded(encoder, splits, config, training, verbose, strategy)
     return {
         "data": str(data_dir), **summary,
         "eval": encoder.report(ranking, splits["eval"], training.batch_size),
@@ -301,11 +302,13 @@ def train(data_dir, config: ModelConfig, knowledge_dir=None, training: Optional[
     }
 
 
-def fit_encoded(encoder: ExampleEncoder, splits: dict, config: ModelConfig, training: TrainConfig, verbose: int = 0):
+def fit_encoded(encoder: ExampleEncoder, splits: dict, config: ModelConfig, training: TrainConfig, verbose: int = 0,
+                strategy=None):
     """`training.fit` on encoded splits: the train split reshuffled every epoch with the seed."""
     train_batches = encoder.tf_dataset(splits["train"], training.batch_size, shuffle_seed=training.seed)
     eval_batches = encoder.tf_dataset(splits["eval"], training.batch_size)
-    return fit(config, encoder.input_spec(), train_batches, eval_batches, training, verbose=verbose)
+    return fit(config, encoder.input_spec(), train_batches, eval_batches, training, verbose=verbose,
+               strategy=strategy)
 
 
 def format_report(result: dict) -> str:

@@ -216,7 +216,8 @@ class RankingModel(tfrs.Model):
     def __init__(self, model: tf.keras.Model, label_key: str = LABEL, **kwargs):
         super().__init__(**kwargs)
         self.model, self.label_key = model, label_key
-        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.BinaryCrossentropy(),
+        # summed here and divided by the global batch in `compute_loss`: the mean under any tf.distribute strategy
+        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.BinaryCrossentropy(reduction=tf.keras.losses.Reduction.SUM),
                                        metrics=[tf.keras.metrics.AUC(name="auc")])
 
     @no_autograph
@@ -250,7 +251,15 @@ class RankingModel(tfrs.Model):
             features, labels = inputs, inputs[self.label_key]
         predictions = self.model(self._model_features(features), training=training)
         labels = tf.reshape(tf.cast(labels, predictions.dtype), [-1, 1])
-        return self.task(labels=labels, predictions=predictions, compute_metrics=not training)
+        summed = self.task(labels=labels, predictions=predictions, compute_metrics=not training)
+        return summed / _global_batch_rows(labels)
+
+
+def _global_batch_rows(labels: tf.Tensor) -> tf.Tensor:
+    """Rows of the global batch, over every replica (with one replica, this batch's rows). Each replica's
+    loss is its share of the global mean, because the optimizer sums the replicas' gradients."""
+    rows = tf.cast(tf.shape(labels)[0], labels.dtype)
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, rows)
 
 
 def compile_ranking_model(config: Union[ModelConfig, Mapping], input_spec, steps_per_execution: int = 1,

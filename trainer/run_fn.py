@@ -49,11 +49,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     `custom_config`: `model` (ModelConfig fields), `training` (TrainConfig fields), `scenarios`.
     TFX's own arguments win over them: `train_steps` caps the train steps, `eval_steps` the eval
     batches per epoch, `hyperparameters` (a Tuner's best, or a dict of ModelConfig/TrainConfig
-    fields) override the config, and `model_run_dir` receives TensorBoard logs and the summary."""
-    from llm4msr.trainer.training import fit
+    fields) override the config, and `model_run_dir` receives TensorBoard logs and the summary.
+    With a `TF_CONFIG` naming several workers, each worker calls `run_fn` and trains one replica of
+    the model (`training.distribute`); the chief exports."""
+    from llm4msr.trainer.training import distribution_strategy, fit, is_chief
 
     config = fn_args.custom_config
     model_config, training = resolve_settings(config, fn_args)
+    strategy = distribution_strategy(training.distribute)  # before TensorFlow runs anything
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     spec = input_spec_from_transform(tft_output, len(config["scenarios"]))
     train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, training.batch_size,
@@ -65,7 +68,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     callbacks = []
     if fn_args.model_run_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"))
-    ranking, summary = fit(model_config, spec, train, evaluation, training, callbacks, verbose=0 if is_quiet() else 2)
+    ranking, summary = fit(model_config, spec, train, evaluation, training, callbacks, verbose=0 if is_quiet() else 2,
+                           strategy=strategy)
+    if not is_chief():  # every worker trained the same replica; the chief writes the outputs
+        return
     export(ranking.model, tft_output, fn_args.serving_model_dir)
     knowledge = os.path.join(_examples_root(fn_args.train_files), JOINED_KNOWLEDGE_DIR)
     examples = _serialized_examples(fn_args.eval_files, WARMUP_EXAMPLES)

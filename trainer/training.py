@@ -6,12 +6,24 @@
 Adam (`LazyAdam`) at `ModelConfig.learning_rate`; at most `epochs` epochs, early stopping when the
 eval AUC has not improved for `patience` epochs, the best epoch's weights restored; `max_steps` (the
 TFX Trainer's `train_steps`) caps the total number of train steps across epochs.
+
+Data-parallel training on several machines: `TrainConfig.distribute` (`auto` by default: one
+`MultiWorkerMirroredStrategy` replica per worker when `TF_CONFIG` names more than one). Every worker
+runs the same command; each global batch is split between the workers, so a step sees the same
+rows as on one machine. Embedding tables stay replicated: tables too large for one worker need
+`ParameterServerStrategy` with sharded variables (`variable_partitioner`) and a coordinator-driven
+loop, which this loop does not implement.
 """
+import json
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
 from llm4msr.trainer.validation import fail, require_positive
+
+
+DISTRIBUTE_MODES = ("auto", "none", "multi_worker")
 
 
 @dataclass
@@ -22,6 +34,7 @@ class TrainConfig:
     seed: int = 0  # initialisation and data order: a rerun differs by thread scheduling only
     max_steps: Optional[int] = None  # total train steps across epochs (TFX `train_steps`); None: no cap
     calibrate: bool = True  # fit per-scenario Platt scaling on the eval split after training
+    distribute: str = "auto"  # "auto" (multi-worker when TF_CONFIG names several workers), "none", "multi_worker"
 
     def __post_init__(self):
         for name in ("epochs", "patience", "batch_size"):
@@ -29,6 +42,8 @@ class TrainConfig:
         require_positive("TrainConfig", "seed", self.seed, allow_zero=True)
         if self.max_steps is not None:
             require_positive("TrainConfig", "max_steps", self.max_steps)
+        if self.distribute not in DISTRIBUTE_MODES:
+            fail("TrainConfig", "distribute", f"expected one of {list(DISTRIBUTE_MODES)}, got {self.distribute!r}")
 
     @classmethod
     def from_dict(cls, value: Union["TrainConfig", Mapping, None]) -> "TrainConfig":
@@ -42,6 +57,40 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def cluster_size() -> int:
+    """Workers (chief included) that `TF_CONFIG` names; 1 without a cluster."""
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+def is_chief() -> bool:
+    """Whether this process writes the outputs: the chief, else worker 0 (or no cluster at all)."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task, cluster = config.get("task", {}), config.get("cluster", {})
+    if "chief" in cluster:
+        return task.get("type") == "chief"
+    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
+
+
+def distribution_strategy(mode: str):
+    """The `tf.distribute` strategy for `TrainConfig.distribute`. Call it before any other
+    TensorFlow work of the process: collective ops are configured when the runtime starts."""
+    import tensorflow as tf
+
+    if mode == "none" or (mode == "auto" and cluster_size() == 1):
+        return tf.distribute.get_strategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _shard_by_rows(batches):
+    """Workers split every batch by rows: the default (by file) fails on fewer files than workers."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.with_options(options)
 
 
 def stop_after_steps(max_steps: int):
@@ -58,18 +107,23 @@ def stop_after_steps(max_steps: int):
 
 
 def fit(model_config, input_spec, train, evaluation, config: TrainConfig, callbacks: Sequence = (),
-        verbose: int = 0) -> Tuple["RankingModel", dict]:  # noqa: F821
+        verbose: int = 0, strategy=None) -> Tuple["RankingModel", dict]:  # noqa: F821
     """Builds, compiles and trains a `RankingModel`. `train` and `evaluation` yield
-    `(features, label)` batches; `train` is shuffled by its maker with `config.seed`.
+    `(features, label)` batches; `train` is shuffled by its maker with `config.seed` (the same order
+    on every worker). `strategy`: from `distribution_strategy(config.distribute)`, made at the
+    start of the process (default: made here, which works unless TensorFlow already ran).
     Returns the model with its best weights and a summary (epochs, best epoch and eval AUC, seconds,
-    parameters)."""
+    parameters, workers)."""
     import tensorflow as tf
 
     from llm4msr.trainer.model import ModelConfig, compile_ranking_model
 
     model_config = ModelConfig.from_dict(model_config)
+    strategy = strategy or distribution_strategy(config.distribute)
     tf.keras.utils.set_random_seed(config.seed)
-    ranking = compile_ranking_model(model_config, input_spec)
+    with strategy.scope():
+        ranking = compile_ranking_model(model_config, input_spec)
+    train, evaluation = _shard_by_rows(train), _shard_by_rows(evaluation)
     stopper = tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience,
                                                restore_best_weights=True)
     extra = [stop_after_steps(config.max_steps)] if config.max_steps else []
@@ -83,6 +137,7 @@ def fit(model_config, input_spec, train, evaluation, config: TrainConfig, callba
         "epochs": epochs, "best_epoch": stopper.best_epoch + 1,
         "best_eval_auc": float(stopper.best), "train_seconds": round(time.time() - started, 2),
         "parameters": int(ranking.model.count_params()), "calibration": calibration,
+        "workers": strategy.num_replicas_in_sync,
     }
 
 
