@@ -40,6 +40,30 @@ def _gfile():
     return tf.io.gfile
 
 
+def join(folder, name: str) -> str:
+    """`folder/name` for a local path or a URI."""
+    return f"{str(folder).rstrip('/')}/{name}" if is_uri(folder) else os.path.join(folder, name)
+
+
+def open_file(path, mode: str = "rb"):
+    """`open` for a local path, `tf.io.gfile.GFile` for a URI."""
+    return _gfile().GFile(path, mode) if is_uri(path) else open(path, mode)
+
+
+def is_file(path) -> bool:
+    if is_uri(path):
+        gfile = _gfile()
+        return gfile.exists(path) and not gfile.isdir(path)
+    return os.path.isfile(path)
+
+
+def file_names(folder) -> list:
+    """Sorted names of the files (not folders) directly in `folder`."""
+    if is_uri(folder):
+        return sorted(name for name in _gfile().listdir(folder) if is_file(join(folder, name)))
+    return sorted(name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name)))
+
+
 def _sibling(path: str, name: str) -> str:
     return f"{path.rstrip('/').rsplit('/', 1)[0]}/{name}"
 

@@ -51,10 +51,12 @@ def CanonicalExampleGen(
     beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """Validates the set (errors name file, line and field), then converts interactions.csv to
-    tf.Examples in Beam workers, one read routed to the three splits."""
-    from llm4msr.pipeline.data.canonical import INTERACTIONS, read_dataset
+    tf.Examples in Beam workers, one read routed to the three splits. The examples record the data
+    set's fingerprint (computed here when the pipeline was compiled without reading the data)."""
+    from llm4msr.pipeline.data.canonical import INTERACTIONS, dataset_fingerprint as fingerprint_of, read_dataset
 
-    del dataset_fingerprint, code_fingerprint
+    del code_fingerprint
+    examples.set_string_custom_property("dataset_fingerprint", dataset_fingerprint or fingerprint_of(dataset_dir))
     read_dataset(dataset_dir)
     path = os.path.join(dataset_dir, INTERACTIONS)
     with open(path, encoding="utf-8") as handle:

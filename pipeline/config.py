@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from llm4msr.errors import UserFacingError
+from llm4msr.files import join
 
 DEFAULT_BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
 
@@ -38,7 +39,7 @@ class PipelineConfig:
 
     @property
     def pipeline_root(self) -> str:
-        return str(pathlib.Path(self.root) / "artifacts")
+        return join(self.root, "artifacts")  # root may be a URI (gs://...)
 
     @property
     def knowledge_levels(self) -> List[str]:
@@ -50,7 +51,8 @@ class PipelineConfig:
 
     @property
     def metadata_path(self) -> str:
-        return str(pathlib.Path(self.root) / "metadata.sqlite")
+        """Local runs' ML Metadata (SQLite); on Kubeflow the cluster provides the store."""
+        return join(self.root, "metadata.sqlite")
 
     @classmethod
     def load(cls, path: Optional[str] = None, **overrides) -> "PipelineConfig":

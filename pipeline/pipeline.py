@@ -4,7 +4,6 @@ CanonicalExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> Exampl
 KnowledgeExtractor (LLM, cached) -> KnowledgeJoiner (Beam join; gate on anomalies)
 -> Transform -> Trainer -> Resolver (latest blessed) -> Evaluator (per scenario) -> Pusher
 """
-import json
 import pathlib
 
 import tensorflow_model_analysis as tfma
@@ -16,21 +15,24 @@ import llm4msr.serving
 import llm4msr.trainer
 import llm4msr.transform
 from llm4msr.contract import DEFAULT_SIGNATURE, LABEL, PREDICTION_KEY, SCENARIO, TRANSFORM_SIGNATURE
-from llm4msr.files import source_fingerprint
+from llm4msr.files import is_uri, source_fingerprint
 from llm4msr.pipeline import baseline, components, metrics
 from llm4msr.pipeline.data.canonical import dataset_fingerprint
 from llm4msr.pipeline.config import PipelineConfig
 from llm4msr.transform.preprocessing import SLICES
 
+DATA_READERS = ("CanonicalExampleGen", "KnowledgeExtractor")  # the components reading the data set
 SCENARIO_SLICE = tfma.SlicingSpec(feature_keys=[SCENARIO])
 BLESSING_SLICES = [tfma.SlicingSpec(), SCENARIO_SLICE]  # overall and every scenario
 
 
 def create_pipeline(config: PipelineConfig, kubeflow: bool = False) -> tfx.dsl.Pipeline:
-    """The pipeline for `config`; `kubeflow=True` for KubeflowV2DagRunner (see the resolver below)."""
-    dataset_dir = str(pathlib.Path(config.dataset_dir).resolve())
-    fingerprint = dataset_fingerprint(dataset_dir)
-    scenario_ids = _scenario_ids(dataset_dir)
+    """The pipeline for `config`. `kubeflow=True` for KubeflowV2DagRunner: nothing is read at
+    compile time (the data may sit on storage only the cluster reaches), so the data fingerprint
+    is left to the components, and the resolver is TFX's built-in one (see `_baseline_resolver`)."""
+    dataset_dir = location(config.dataset_dir)
+    # a parameter, so changed data is never a cache hit; "" = the component fingerprints the data itself
+    fingerprint = "" if kubeflow else dataset_fingerprint(dataset_dir)
     # in every cache key next to the data: a component reruns when the code it runs changed
     # (the Transform reads items.csv and users.csv through pipeline/data; run_fn imports pipeline/)
     pipeline_code = source_fingerprint(llm4msr.pipeline)
@@ -41,7 +43,7 @@ def create_pipeline(config: PipelineConfig, kubeflow: bool = False) -> tfx.dsl.P
                                                  code_fingerprint=pipeline_code)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if config.schema_path:
-        schema_gen = tfx.components.ImportSchemaGen(schema_file=str(pathlib.Path(config.schema_path).resolve()))
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=location(config.schema_path))
     else:
         schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                               infer_feature_shape=True)
@@ -58,8 +60,7 @@ def create_pipeline(config: PipelineConfig, kubeflow: bool = False) -> tfx.dsl.P
     transform = tfx.components.Transform(
         examples=knowledge_joiner.outputs["joined_examples"], schema=knowledge_joiner.outputs["joined_schema"],
         preprocessing_fn="llm4msr.transform.preprocessing.preprocessing_fn",
-        custom_config={"scenarios": scenario_ids, "dataset_dir": dataset_dir,
-                       "knowledge_reduction": config.knowledge_reduction, "code": transform_code},
+        custom_config={"dataset_dir": dataset_dir, "knowledge_reduction": config.knowledge_reduction, "code": transform_code},
         materialize=False,  # the Trainer applies the graph to the joined examples itself
         disable_statistics=True,  # StatisticsGen has them; pre/post-transform statistics were read by no one
         disable_analyzer_cache=True)  # TFX caches the whole component; the per-analyzer cache cost stages
@@ -70,7 +71,7 @@ def create_pipeline(config: PipelineConfig, kubeflow: bool = False) -> tfx.dsl.P
         schema=knowledge_joiner.outputs["joined_schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.training.get("max_steps")),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={"model": config.model, "training": config.training, "scenarios": scenario_ids,
+        custom_config={"model": config.model, "training": config.training, "dataset_dir": dataset_dir,
                        "code": trainer_code})
     model_resolver = _baseline_resolver(trainer, kubeflow)
     evaluator = tfx.components.Evaluator(
@@ -80,16 +81,16 @@ def create_pipeline(config: PipelineConfig, kubeflow: bool = False) -> tfx.dsl.P
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(pathlib.Path(config.serving_dir).resolve()))))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=location(config.serving_dir))))
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
-        pipeline_root=str(pathlib.Path(config.pipeline_root).resolve()),
+        pipeline_root=location(config.pipeline_root),
         components=[example_gen, statistics_gen, schema_gen, example_validator, knowledge_extractor,
                     knowledge_joiner, transform, trainer, model_resolver, evaluator, pusher],
         enable_cache=config.enable_cache,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            str(pathlib.Path(config.metadata_path).resolve())),
+        metadata_connection_config=None if kubeflow else tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            location(config.metadata_path)),
         beam_pipeline_args=list(config.beam_args),
     )
 
@@ -146,6 +147,6 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         ])])
 
 
-def _scenario_ids(dataset_dir: str):
-    document = json.loads((pathlib.Path(dataset_dir) / "scenarios.json").read_text())
-    return [scenario["id"] for scenario in document["scenarios"]]
+def location(path: str) -> str:
+    """A URI (gs://, s3://) unchanged, a local path made absolute (components run elsewhere)."""
+    return path if is_uri(path) else str(pathlib.Path(path).resolve())

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 from llm4msr.errors import UserFacingError
 from llm4msr.files import write_file
 from llm4msr.pipeline.config import PipelineConfig
+from llm4msr.pipeline.data.canonical import read_scenario_ids
 from llm4msr.quiet import is_quiet
 from llm4msr.transform.preprocessing import SLICE_PREFIX, SLICES, slice_names
 
@@ -85,10 +86,12 @@ def component_progress(quiet: bool):
 
 
 def compile_kubeflow(config: PipelineConfig, output: str, image: str) -> str:
-    """Writes the Kubeflow Pipelines v2 / Vertex pipeline JSON for `config`."""
+    """Writes the Kubeflow Pipelines v2 / Vertex pipeline JSON for `config`, reading no data: paths
+    stay the URIs given. The components that read the data set are never cache hits there: KFP
+    keys its cache on parameters, and the data's fingerprint is only known when they run."""
     from tfx import v1 as tfx
 
-    from llm4msr.pipeline.pipeline import create_pipeline
+    from llm4msr.pipeline.pipeline import DATA_READERS, create_pipeline
 
     runner_config = tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image)
     output_path = pathlib.Path(output)
@@ -96,6 +99,10 @@ def compile_kubeflow(config: PipelineConfig, output: str, image: str) -> str:
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=runner_config, output_dir=str(output_path.parent), output_filename=output_path.name)
     runner.run(create_pipeline(config, kubeflow=True), write_out=True)
+    job = json.loads(output_path.read_text())
+    for name in DATA_READERS:
+        job["pipelineSpec"]["root"]["dag"]["tasks"][name]["cachingOptions"] = {"enableCache": False}
+    write_file(output_path, json.dumps(job, indent=2, sort_keys=True))
     return str(output_path)
 
 
@@ -123,13 +130,8 @@ def collect_report(config: PipelineConfig) -> dict:
         state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
         seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
         rows.append({"component": name or str(execution.type_id), "state": state, "seconds": seconds})
-    return {"components": rows, "evaluation": _latest_evaluation(config, _scenario_ids(config)),
+    return {"components": rows, "evaluation": _latest_evaluation(config, read_scenario_ids(config.dataset_dir)),
             "pushed": _latest_push(config)}
-
-
-def _scenario_ids(config: PipelineConfig) -> List[str]:
-    document = json.loads((pathlib.Path(config.dataset_dir) / "scenarios.json").read_text())
-    return [scenario["id"] for scenario in document["scenarios"]]
 
 
 def _type_id(store, name: str) -> int:

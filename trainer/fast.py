@@ -243,7 +243,7 @@ def _record_batches(rows, vectors: Optional[Dict[str, np.ndarray]] = None, batch
 
 def transform_config(dataset: Dataset, knowledge_reduction: int = 0) -> dict:
     """The `custom_config` of `preprocessing_fn`, as the pipeline's Transform gets it."""
-    return {"scenarios": dataset.scenario_ids, "dataset_dir": dataset.folder,
+    return {"dataset_dir": dataset.folder,
             "id_min_train_rows": preprocessing.ID_MIN_TRAIN_ROWS, "knowledge_reduction": knowledge_reduction}
 
 

@@ -34,6 +34,7 @@ from llm4msr.contract import (DEFAULT_SIGNATURE, ITEM_KNOWLEDGE, KNOWLEDGE_FEATU
                               RAW_FEATURES, RAW_SIGNATURE, SCENARIO_KNOWLEDGE, TRANSFORM_SIGNATURE, USER_KNOWLEDGE,
                               broadcast_to_candidates, refuse_non_finite)
 from llm4msr.pipeline.components import JOINED_KNOWLEDGE_DIR
+from llm4msr.pipeline.data.canonical import read_scenario_ids
 from llm4msr.quiet import is_quiet
 from llm4msr.serving.assets import write_serving_assets
 from llm4msr.trainer.features import input_spec_from_transform
@@ -46,7 +47,8 @@ WARMUP_EXAMPLES = 16
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """Trains with the one training loop (`llm4msr.trainer.training.fit`) and exports the model.
 
-    `custom_config`: `model` (ModelConfig fields), `training` (TrainConfig fields), `scenarios`.
+    `custom_config`: `model` (ModelConfig fields), `training` (TrainConfig fields), `dataset_dir`
+    (the canonical data set, a path or a URI: its scenarios.json orders the scenarios).
     TFX's own arguments win over them: `train_steps` caps the train steps, `eval_steps` the eval
     batches per epoch, `hyperparameters` (a Tuner's best, or a dict of ModelConfig/TrainConfig
     fields) override the config, and `model_run_dir` receives TensorBoard logs and the summary.
@@ -58,7 +60,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     model_config, training = resolve_settings(config, fn_args)
     strategy = distribution_strategy(training.distribute)  # before TensorFlow runs anything
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    spec = input_spec_from_transform(tft_output, len(config["scenarios"]))
+    scenario_ids = read_scenario_ids(config["dataset_dir"])
+    spec = input_spec_from_transform(tft_output, len(scenario_ids))
     train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, training.batch_size,
                      shuffle=True, seed=training.seed)
     evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, training.batch_size,
@@ -76,7 +79,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     knowledge = os.path.join(_examples_root(fn_args.train_files), JOINED_KNOWLEDGE_DIR)
     examples = _serialized_examples(fn_args.eval_files, WARMUP_EXAMPLES)
     with tempfile.TemporaryDirectory() as scratch:
-        store = reduced_store(knowledge, tft_output, config["scenarios"][0], os.path.join(scratch, "knowledge"))
+        store = reduced_store(knowledge, tft_output, scenario_ids[0], os.path.join(scratch, "knowledge"))
         write_serving_assets(fn_args.serving_model_dir, store, item_ids=[], samples=_warmup_samples(examples),
                              examples=examples)
     if fn_args.model_run_dir:

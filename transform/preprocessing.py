@@ -53,10 +53,11 @@ ITEM_TEXT_COLUMNS = ("title", "description")
 
 
 def preprocessing_fn(inputs, custom_config):
-    """`custom_config["scenarios"]` lists the scenario ids in index order (scenarios.json), so the
-    index of a scenario, and with it its per-scenario parameters, never depends on the data;
-    `custom_config["dataset_dir"]` is the canonical data set whose items.csv / users.csv give the
-    attributes."""
+    """`custom_config["dataset_dir"]` is the canonical data set (a path or a URI): its scenarios.json
+    orders the scenario ids, so the index of a scenario, and with it its per-scenario parameters,
+    never depends on the rows; its items.csv / users.csv give the attributes."""
+    from llm4msr.pipeline.data.canonical import read_scenario_ids
+
     user, item = _squeeze(inputs["user_id"]), _squeeze(inputs["item_id"])
     min_rows = int(custom_config.get("id_min_train_rows", ID_MIN_TRAIN_ROWS))
     outputs = {name: tft.compute_and_apply_vocabulary(value, num_oov_buckets=OOV_BUCKETS, vocab_filename=name,
@@ -66,7 +67,7 @@ def preprocessing_fn(inputs, custom_config):
     for key, table in ((item, tables.items), (user, tables.users)):
         for name, attribute in _lookup_attributes(key, table).items():
             outputs[name] = _encode_attribute(name, attribute)
-    outputs[SCENARIO] = scenario_index(_squeeze(inputs[SCENARIO]), custom_config["scenarios"])
+    outputs[SCENARIO] = scenario_index(_squeeze(inputs[SCENARIO]), read_scenario_ids(custom_config["dataset_dir"]))
     outputs.update(train_count_buckets({"user_id": user, "item_id": item, SCENARIO: _squeeze(inputs[SCENARIO])}))
     width = int(custom_config.get("knowledge_reduction", 0))
     for name in KNOWLEDGE_FEATURES:

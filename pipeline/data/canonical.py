@@ -6,7 +6,6 @@ items listed in items.csv, no duplicate (user, item, timestamp) rows.
 """
 import hashlib
 import json
-import os
 import pathlib
 import shutil
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import List, Optional
 import pandas as pd
 
 from llm4msr.errors import DataError
-from llm4msr.files import replace_dir, staging_dir
+from llm4msr.files import file_names, is_file, join, open_file, replace_dir, staging_dir
 from llm4msr.pipeline.data.scenarios import Scenario
 from llm4msr.pipeline.data.split import (ALL_SPLITS, REGIME_SHARE, REGIMES, cold_scenario_rows, new_users,
                                          prompt_history, random_split, time_split)
@@ -121,11 +120,12 @@ def read_users(folder) -> Optional[pd.DataFrame]:
     return _read_users(path) if path.exists() else None
 
 
-def _read_scenarios(path: pathlib.Path) -> List[Scenario]:
-    if not path.is_file():
+def _read_scenarios(path) -> List[Scenario]:
+    if not is_file(path):
         raise DataError(path, "file not found")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        with open_file(path, "rb") as handle:
+            document = json.loads(handle.read().decode("utf-8"))
     except json.JSONDecodeError as error:
         raise DataError(path, f"invalid JSON: {error.msg}", line=error.lineno) from None
     entries = document.get("scenarios") if isinstance(document, dict) else None
@@ -186,13 +186,17 @@ def _write_json(path: pathlib.Path, document) -> None:
 
 
 def dataset_fingerprint(dataset_dir: str) -> str:
-    """Content hash of a canonical data set folder (names, sizes and bytes of its files)."""
+    """Content hash of a canonical data set folder (names, sizes and bytes of its files); the folder
+    may be a URI (gs://...)."""
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(dataset_dir)):
-        path = os.path.join(dataset_dir, name)
-        if os.path.isfile(path):
-            digest.update(name.encode())
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
+    for name in file_names(dataset_dir):
+        digest.update(name.encode())
+        with open_file(join(dataset_dir, name), "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def read_scenario_ids(dataset_dir: str) -> List[str]:
+    """The scenario ids in index order (scenarios.json, validated); the folder may be a URI."""
+    return [scenario.id for scenario in _read_scenarios(join(dataset_dir, SCENARIOS))]
