@@ -1,6 +1,6 @@
 """Kubeflow Pipelines entry point: compile the LLM4MSR pipeline to a KFP v2 / Vertex pipeline JSON.
 
-    python -m llm4msr.kubeflow.compile --config configs/kubeflow.yaml --image REGISTRY/llm4msr:TAG \
+    python -m llm4msr.kubeflow.compile --config my-kubeflow.yaml --image REGISTRY/llm4msr:TAG \
         --output runs/kubeflow/llm4msr_pipeline.json
 
 Same as `llm4msr pipeline compile --target kubeflow`. In the config, point `dataset_dir`, `root`

@@ -80,11 +80,13 @@ def test_two_runs_hit_the_cache_and_write_a_complete_artifact(data, tmp_path):
 
 
 def _extract_in_a_new_process(data, out, cache):
-    """(counts, which of Beam and TensorFlow the extraction imported) of a run in a fresh interpreter."""
+    """(counts, which of Beam, TensorFlow and transformers the extraction imported) of a run in a fresh
+    interpreter."""
     script = ("import sys, json; from llm4msr.pipeline.knowledge.extract import extract_knowledge; "
               f"counts = extract_knowledge({str(data)!r}, {str(out)!r}, "
               f"cache_dir={str(cache)!r}, levels=['user', 'scenario'], progress=False); "
-              "print(json.dumps([counts, [m for m in ('apache_beam', 'tensorflow') if m in sys.modules]]))")
+              "heavy = ('apache_beam', 'tensorflow', 'transformers'); "
+              "print(json.dumps([counts, [m for m in heavy if m in sys.modules]]))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -109,7 +111,8 @@ def test_a_rerun_on_the_same_inputs_does_nothing_and_loads_neither_beam_nor_tens
     assert up_to_date(levels=LEVELS, force=True) == 0
 
 
-def test_a_fully_cached_run_into_a_new_folder_writes_the_same_artifact_without_beam_or_tensorflow(small, tmp_path):
+def test_a_fully_cached_run_into_a_new_folder_writes_the_same_artifact_without_beam_tensorflow_or_tokenizer(
+        small, tmp_path):
     first = run(small, tmp_path / "first", tmp_path / "cache")  # the Beam job embeds every prompt
     counts, loaded = _extract_in_a_new_process(small, tmp_path / "second", tmp_path / "cache")
     assert loaded == [] and counts["up_to_date"] == 0

@@ -4,24 +4,27 @@ the new one.
 
 An artifact records the inputs it was made from (data set contents, model fingerprint, template
 versions, levels, and the prompt-building code). A rerun on the same inputs finds the artifact
-current and does nothing: no Beam, no TensorFlow, no tokenizer (a second or less on
-ml-latest-small, where rebuilding the prompts alone takes seconds).
+current and does nothing: no Beam, no TensorFlow, no tokenizer. A run into a new folder whose
+prompts are all cached reads the prompts built last time for the same inputs (the cache keeps them)
+and writes the artifact from the cache, again without Beam, TensorFlow or tokenizer.
 """
+import dataclasses
 import datetime
+import hashlib
 import json
 import pathlib
 import shutil
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import pyarrow.parquet as pq
 
-from llm4msr.files import replace_dir, source_fingerprint, staging_dir
+from llm4msr.files import replace_dir, source_fingerprint, staging_dir, write_file
 from llm4msr.pipeline.data.canonical import dataset_fingerprint, read_dataset
 from llm4msr.pipeline.knowledge import artifact, prompts as prompts_module, templates as templates_module
 from llm4msr.pipeline.knowledge.cache import KnowledgeCache, cache_key, default_cache_dir
 from llm4msr.pipeline.knowledge.llm import ModelSpec, load_tokenizer, resolve_model, token_counter
-from llm4msr.pipeline.knowledge.prompts import build_prompts
+from llm4msr.pipeline.knowledge.prompts import Prompt, build_prompts
 from llm4msr.pipeline.knowledge.templates import combined_version, load_templates
 
 
@@ -44,9 +47,8 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
     current = None if force else _current_counts(out_dir, inputs, started)
     if current is not None:
         return current
-    prompts = build_prompts(read_dataset(dataset_dir), loaded, token_counter(load_tokenizer(spec)),
-                            spec.prompt_budget, levels)
     cache = KnowledgeCache(cache_dir or default_cache_dir(), spec.fingerprint)
+    prompts = _prompts(dataset_dir, loaded, spec, levels, inputs, cache)
     cached = cache.index()
     staging = staging_dir(out_dir)
     try:
@@ -62,6 +64,23 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return counts
+
+
+def _prompts(dataset_dir, templates, spec: ModelSpec, levels: Sequence[str], inputs: dict,
+             cache: KnowledgeCache) -> List[Prompt]:
+    """The data set's prompts. Building them reads the data set and counts tokens to fit the budget
+    (most of a fully cached run's time), so the cache keeps them under the artifact's inputs and a
+    later run with the same inputs reads them back."""
+    key = json.dumps({**inputs, "prompt_budget": spec.prompt_budget}, sort_keys=True)
+    manifest = cache.folder / "prompts" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    try:
+        return [Prompt(**fields) for fields in json.loads(manifest.read_text())]
+    except (OSError, ValueError, TypeError):  # none yet (or not readable): build them
+        pass
+    prompts = build_prompts(read_dataset(dataset_dir), templates, token_counter(load_tokenizer(spec)),
+                            spec.prompt_budget, levels)
+    write_file(manifest, json.dumps([dataclasses.asdict(prompt) for prompt in prompts]))
+    return prompts
 
 
 def _write_from_cache(prompts, cache: KnowledgeCache, cached: Dict[str, str], staging: pathlib.Path,
