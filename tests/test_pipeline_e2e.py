@@ -397,3 +397,40 @@ def test_the_baseline_is_the_latest_blessed_model_other_than_the_candidate():
     assert baseline(3) == [4]
     assert PreviousBlessedModelStrategy().resolve_artifacts(
         None, {"candidate": [models[0]], "model": models[:1], "model_blessing": blessings[:1]})["model"] == []
+
+
+def test_the_joiner_on_the_portable_runner_writes_what_the_direct_runner_wrote(first_run, workspace, tmp_path):
+    """The KnowledgeJoiner component's own function, given the first run's inputs, on `PortableRunner`
+    (a job service and an SDK worker pool on 127.0.0.1, `beam_cluster.py`)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tfx.types import standard_artifacts
+
+    from beam_cluster import completed_jobs, portable_cluster
+    from llm4msr.pipeline import components
+    from llm4msr.pipeline.data.split import SPLITS
+
+    def artifact(kind, uri, splits=False):
+        made = kind()
+        made.uri = str(uri)
+        if splits:
+            made.splits = list(SPLITS)
+        return made
+    inputs = dict(examples=artifact(standard_artifacts.Examples, _latest(workspace, "CanonicalExampleGen", "examples"), True),
+                  knowledge=artifact(components.KnowledgeArtifact, _latest(workspace, "KnowledgeExtractor", "knowledge")),
+                  schema=artifact(standard_artifacts.Schema, _latest(workspace, "SchemaGen", "schema")),
+                  anomalies=artifact(standard_artifacts.ExampleAnomalies,
+                                     _latest(workspace, "ExampleValidator", "anomalies")))
+    outputs = dict(joined_examples=artifact(standard_artifacts.Examples, tmp_path / "joined"),
+                   joined_schema=artifact(standard_artifacts.Schema, tmp_path / "schema"))
+    for output in outputs.values():
+        pathlib.Path(output.uri).mkdir(parents=True)
+    with portable_cluster(tmp_path / "cluster") as options:
+        components.KnowledgeJoiner.EXECUTOR_SPEC.executor_class._FUNCTION(
+            **inputs, **outputs, beam_pipeline=beam.Pipeline(options=PipelineOptions(options)))
+    assert completed_jobs(tmp_path / "cluster") == 1
+    direct = _latest(workspace, "KnowledgeJoiner", "joined_examples")
+    for split in SPLITS:
+        made = sorted(r.SerializeToString(deterministic=True) for r in _records(tmp_path / "joined" / f"Split-{split}"))
+        expected = sorted(r.SerializeToString(deterministic=True) for r in _records(direct / f"Split-{split}"))
+        assert made == expected and made, split
