@@ -3,7 +3,10 @@ MovieLens latest-small (610 users + 3 scenarios + the cold-start row), MiniLM on
 several batch sizes with and without length bucketing, plus a fully cached rerun.
 
     .venv/bin/python bench/bench_knowledge.py [--data /tmp/ml-small] [--batch-sizes 16,64,128]
-        [--torch-python /tmp/torchref/bin/python]
+        [--torch-python /tmp/torchref/bin/python] [--precisions float32,bfloat16] [--bucketed-only]
+
+`--precisions` runs the bucketed worker rows at each precision of the forward pass (each with its
+own paired reference); `--bucketed-only` skips the rows without bucketing and in this process.
 
 Inference figures (tokenisation + forward + cache write, model load excluded, as in the PyTorch
 reference table of ../shared/data/reference/README.md) come from the job's own counters; `e2e`
@@ -38,24 +41,27 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="/tmp/ml-small", help="canonical ml-latest-small (prepared if missing)")
     parser.add_argument("--batch-sizes", default="16,64,128")
     parser.add_argument("--torch-python", help="interpreter with torch + sentence-transformers: paired reference")
+    parser.add_argument("--precisions", default="float32", help="comma-separated: float32, bfloat16")
+    parser.add_argument("--bucketed-only", action="store_true", help="only the bucketed worker rows")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     data = ensure_data(pathlib.Path(args.data))
     print(f"uptime before: {uptime()}")
     warm_up()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    runs = [(b, True, None) for b in batch_sizes] + [(b, False, None) for b in batch_sizes]
-    runs.append((batch_sizes[0], True, IN_MEMORY))
+    runs = [(b, True, None, p) for b in batch_sizes for p in args.precisions.split(",")]
+    if not args.bucketed_only:
+        runs += [(b, False, None, "float32") for b in batch_sizes] + [(batch_sizes[0], True, IN_MEMORY, "float32")]
     rows = []
-    for batch_size, bucketing, beam_args in runs:
+    for batch_size, bucketing, beam_args, precision in runs:
         with tempfile.TemporaryDirectory() as scratch:
-            counts = run(data, scratch, batch_size, bucketing, beam_args)
-            rows.append(row(batch_size, bucketing, beam_args, counts))
+            counts = run(data, scratch, batch_size, bucketing, beam_args, precision)
+            rows.append({**row(batch_size, bucketing, beam_args, counts), "precision": precision})
             if args.torch_python and bucketing and beam_args is None:
                 rows[-1]["paired_reference"] = reference(args.torch_python, pathlib.Path(scratch), batch_size)
             print(format_row(rows[-1]), flush=True)
             if len(rows) == 1:
-                cached = run(data, scratch, batch_size, bucketing, beam_args)
+                cached = run(data, scratch, batch_size, bucketing, beam_args, precision)
                 assert cached["inferences"] == 0, cached
                 print(f"fully cached rerun: {cached['prompts']} prompts, {cached['cache_hits']} cache hits, "
                       f"0 inferences, {cached['seconds']:.2f} s end to end", flush=True)
@@ -80,10 +86,10 @@ def warm_up() -> None:
     llm.load_backend(llm.resolve_model("minilm")).embed(["warm up"] * 4)
 
 
-def run(data, scratch, batch_size: int, bucketing: bool, beam_args) -> dict:
+def run(data, scratch, batch_size: int, bucketing: bool, beam_args, precision: str = "float32") -> dict:
     return extract_knowledge(data, pathlib.Path(scratch) / "out", cache_dir=pathlib.Path(scratch) / "cache",
                              batch_size=batch_size, bucket_by_length=bucketing, progress=False,
-                             beam_pipeline_args=beam_args)
+                             beam_pipeline_args=beam_args, precision=precision)
 
 
 def reference(python: str, scratch: pathlib.Path, batch_size: int) -> dict:
@@ -116,7 +122,7 @@ def format_row(r: dict) -> str:
     if "paired_reference" in r:
         paired = r["paired_reference"]["tokens_per_s"]
         versus = f" ({r['tokens_per_s'] / paired:.2f}x the paired PyTorch reference, {paired:,.0f} tokens/s)"
-    return (f"batch {r['batch']:>3} bucketing={'on ' if r['bucketing'] else 'off'} {r['where']}, "
+    return (f"batch {r['batch']:>3} {r['precision']} bucketing={'on ' if r['bucketing'] else 'off'} {r['where']}, "
             f"oneDNN {'on' if r['onednn'] else 'off'}: {r['prompts']} prompts, "
             f"{r['tokens']} tokens in {r['inference_s']:.1f} s -> {r['prompts_per_s']:.1f} prompts/s, "
             f"{r['tokens_per_s']:,.0f} tokens/s{versus}; {r['tokens_per_cpu_s']:,.0f} tokens per CPU-second "

@@ -98,6 +98,7 @@ def KnowledgeExtractor(
     dataset_fingerprint: Parameter[str],
     model: Parameter[str] = "minilm",
     backend: Parameter[str] = "encoder",
+    precision: Parameter[str] = "auto",
     cache_dir: Parameter[str] = "",
     batch_size: Parameter[int] = 64,
     levels: Parameter[str] = "user,scenario",  # comma-separated; "item" adds one prompt per item
@@ -109,7 +110,7 @@ def KnowledgeExtractor(
     from llm4msr.pipeline.knowledge.extract import extract_knowledge
 
     del dataset_fingerprint, code_fingerprint
-    counts = extract_knowledge(dataset_dir, knowledge.uri, model=model, backend=backend,
+    counts = extract_knowledge(dataset_dir, knowledge.uri, model=model, backend=backend, precision=precision,
                                cache_dir=cache_dir or None, batch_size=batch_size,
                                beam_pipeline_args=_beam_args(beam_pipeline), progress=False,
                                levels=levels.split(","))

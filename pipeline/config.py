@@ -19,6 +19,7 @@ class PipelineConfig:
     serving_dir: str = "runs/serving/llm4msr"  # the Pusher writes versioned SavedModels here
     llm_model: str = "minilm"  # alias, local folder or Hugging Face hub id
     llm_backend: str = "encoder"  # encoder | causal-lm
+    llm_precision: str = "auto"  # auto (bfloat16 on CPUs with AMX / AVX-512 BF16, else float32) | float32 | bfloat16
     knowledge_cache_dir: str = ""  # "" = ~/.cache/llm4msr/knowledge
     model: dict = field(default_factory=lambda: {"backbone": "star", "knowledge": "both"})
     # Transform: each knowledge level reduced to this many whitened train principal components
@@ -78,6 +79,9 @@ class PipelineConfig:
             TrainConfig.from_dict(self.training)
         except (ConfigError, TypeError) as error:
             raise UserFacingError(f"{where}: {error}") from None
+        if self.llm_precision not in ("auto", "float32", "bfloat16"):
+            raise UserFacingError(f"{where}: llm_precision: expected auto, float32 or bfloat16, "
+                                  f"got {self.llm_precision!r}")
         band = self.calibration_band
         if (not isinstance(band, (list, tuple)) or len(band) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band) or not 0 < band[0] < band[1]):

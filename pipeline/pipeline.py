@@ -51,8 +51,8 @@ def create_pipeline(config: PipelineConfig, kubeflow: bool = False) -> tfx.dsl.P
                                                         schema=schema_gen.outputs["schema"])
     knowledge_extractor = components.KnowledgeExtractor(
         dataset_dir=dataset_dir, dataset_fingerprint=fingerprint, model=config.llm_model,
-        backend=config.llm_backend, cache_dir=config.knowledge_cache_dir, levels=",".join(config.knowledge_levels),
-        code_fingerprint=pipeline_code)
+        backend=config.llm_backend, precision=config.llm_precision, cache_dir=config.knowledge_cache_dir,
+        levels=",".join(config.knowledge_levels), code_fingerprint=pipeline_code)
     knowledge_joiner = components.KnowledgeJoiner(
         examples=example_gen.outputs["examples"], knowledge=knowledge_extractor.outputs["knowledge"],
         schema=schema_gen.outputs["schema"], anomalies=example_validator.outputs["anomalies"],

@@ -1,6 +1,7 @@
 """Backends: the MiniLM encoder equals sentence-transformers; a tiny GPT-2 runs generate-then-embed;
 model resolution and fingerprints."""
 import json
+import pathlib
 import shutil
 
 import numpy as np
@@ -10,38 +11,45 @@ from conftest import require_data
 from llm4msr.pipeline.knowledge import llm
 
 
-def test_encoder_equals_sentence_transformers_reference():
+@pytest.mark.parametrize("precision, min_cosine", [("float32", 0.9999), ("bfloat16", 0.999)])
+def test_encoder_equals_sentence_transformers_reference(precision, min_cosine):
     lines = require_data("reference/minilm_reference.jsonl").read_text().splitlines()
     references = [json.loads(line) for line in lines if line.strip()]
-    spec = llm.resolve_model("minilm")
+    spec = llm.resolve_model("minilm", precision=precision)
     assert (spec.backend, spec.max_length, spec.prompt_budget) == ("encoder", 256, 256)
     vectors, texts = llm.load_backend(spec).embed([r["text"] for r in references])
     expected = np.asarray([r["embedding"] for r in references], np.float32)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     cosine = np.sum(vectors * expected, axis=1)
-    assert vectors.shape == (len(references), 384) and texts == [""] * len(references)
-    assert cosine.min() >= 0.9999, list(zip([r["text"][:30] for r in references], cosine))
+    assert vectors.dtype == np.float32 and vectors.shape == (len(references), 384) and texts == [""] * len(references)
+    assert cosine.min() >= min_cosine, list(zip([r["text"][:30] for r in references], cosine))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert any(r["tokens_untruncated"] > 256 for r in references)  # truncation is exercised
 
 
-def test_vectors_do_not_depend_on_batch_mates():
-    backend = llm.load_backend(llm.resolve_model("minilm"))
+@pytest.mark.parametrize("precision, min_cosine", [("float32", 0.99999), ("bfloat16", 0.9999)])
+def test_vectors_do_not_depend_on_batch_mates(precision, min_cosine):
+    backend = llm.load_backend(llm.resolve_model("minilm", precision=precision))
     alone, _ = backend.embed(["short text"])
     together, _ = backend.embed(["short text", "a much longer text " * 30])
-    assert np.dot(alone[0], together[0]) > 0.99999
+    assert np.dot(alone[0], together[0]) > min_cosine
 
 
 def test_fingerprint_identifies_model_and_settings(tmp_path):
-    spec = llm.resolve_model("minilm")
-    assert llm.resolve_model("minilm").fingerprint == spec.fingerprint
-    assert llm.resolve_model("minilm", max_length=128).fingerprint != spec.fingerprint
+    spec = llm.resolve_model("minilm", precision="float32")
+    assert llm.resolve_model("minilm", precision="float32").fingerprint == spec.fingerprint
+    assert llm.resolve_model("minilm").precision == ("bfloat16" if llm.cpu_has_bfloat16() else "float32")
+    assert llm.resolve_model("minilm", max_length=128, precision="float32").fingerprint != spec.fingerprint
+    assert llm.resolve_model("minilm", precision="bfloat16").fingerprint != spec.fingerprint
+    assert spec.fingerprint == llm.model_fingerprint(pathlib.Path(spec.folder), "encoder", 256, 0)  # float32: as before
+    with pytest.raises(llm.ModelError, match="unknown precision 'int8'"):
+        llm.resolve_model("minilm", precision="int8")
     copy = tmp_path / "copy"
     shutil.copytree(spec.folder, copy)
-    assert llm.resolve_model(str(copy)).fingerprint == spec.fingerprint  # content, not location
+    assert llm.resolve_model(str(copy), precision="float32").fingerprint == spec.fingerprint  # content, not location
     config = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-6}))
-    assert llm.resolve_model(str(copy)).fingerprint != spec.fingerprint
+    assert llm.resolve_model(str(copy), precision="float32").fingerprint != spec.fingerprint
 
 
 @pytest.mark.parametrize("model, message", [

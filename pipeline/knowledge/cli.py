@@ -47,6 +47,10 @@ def _model_arguments(parser) -> None:
     parser.add_argument("--backend", choices=["encoder", "causal-lm"],
                         help="default: from the model's config (causal LMs generate text first)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="causal-lm: generated tokens at most")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="of the LLM's forward pass: auto (default) is bfloat16 on CPUs with AMX / AVX-512 "
+                             "BF16 (~1.8x faster, vectors within cosine 0.9999 of float32's, cached apart), "
+                             "else float32")
     parser.add_argument("--templates", help="folder with user.tmpl, scenario.tmpl and item.tmpl (default: bundled)")
 
 
@@ -61,7 +65,7 @@ def _extract(args) -> int:
                                backend=args.backend, max_new_tokens=args.max_new_tokens,
                                bucket_by_length=not args.no_bucketing,
                                levels=[level.strip() for level in args.levels.split(",") if level.strip()],
-                               force=args.force)
+                               force=args.force, precision=args.precision)
     if counts["up_to_date"]:
         print(f"{args.out} is up to date (same data, model, templates and levels): {counts['prompts']} prompts, "
               f"nothing to do, {counts['seconds']:.1f} s (--force redoes it)")
@@ -79,5 +83,5 @@ def _show(args) -> int:
 
     print(describe(args.data, user=args.user, scenario=args.scenario, item=args.item, knowledge_dir=args.knowledge,
                    model=args.model, backend=args.backend, max_new_tokens=args.max_new_tokens,
-                   templates=args.templates, cache_dir=args.cache_dir))
+                   templates=args.templates, cache_dir=args.cache_dir, precision=args.precision))
     return 0

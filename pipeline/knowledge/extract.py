@@ -32,7 +32,8 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
                       batch_size: int = 64, beam_pipeline_args: Optional[Sequence[str]] = None,
                       progress: bool = True, backend: Optional[str] = None, max_length: Optional[int] = None,
                       max_new_tokens: int = 64, bucket_by_length: bool = True,
-                      levels: Sequence[str] = artifact.LEVELS, force: bool = False) -> Dict[str, float]:
+                      levels: Sequence[str] = artifact.LEVELS, force: bool = False,
+                      precision: str = "auto") -> Dict[str, float]:
     """Builds every prompt of the data set at `levels` (user and scenario, and item unless left
     out), embeds what the cache does not hold and writes the knowledge artifact to `out_dir`
     atomically, unless `out_dir` already holds the artifact of the same inputs (`force` redoes it).
@@ -40,7 +41,8 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
     tokens (their tokens), inference_seconds, seconds, prompts_per_second, and up_to_date (1 when
     nothing had to be done)."""
     started = time.time()
-    spec = resolve_model(model, backend=backend, max_length=max_length, max_new_tokens=max_new_tokens)
+    spec = resolve_model(model, backend=backend, max_length=max_length, max_new_tokens=max_new_tokens,
+                         precision=precision)
     loaded = load_templates(templates)
     out_dir = pathlib.Path(out_dir)
     inputs = _inputs(spec, loaded, dataset_dir, levels)

@@ -10,13 +10,14 @@ from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, ITEM, SCENARIO, U
 
 def describe(dataset_dir, user: Optional[str] = None, scenario: Optional[str] = None, knowledge_dir=None,
              model: str = "minilm", backend: Optional[str] = None, max_new_tokens: int = 64, templates=None,
-             cache_dir=None, item: Optional[str] = None) -> str:
+             cache_dir=None, item: Optional[str] = None, precision: str = "auto") -> str:
     level, wanted = next((lv, value) for lv, value in ((USER, user), (ITEM, item), (SCENARIO, scenario))
                          if value is not None)
     if knowledge_dir:
         record, source = _from_knowledge(knowledge_dir, level, wanted)
     else:
-        record, source = _rebuilt(dataset_dir, level, wanted, model, backend, max_new_tokens, templates, cache_dir)
+        record, source = _rebuilt(dataset_dir, level, wanted, model, backend, max_new_tokens, templates, cache_dir,
+                                  precision)
     return _format(level, wanted, record, source)
 
 
@@ -32,14 +33,14 @@ def _from_knowledge(knowledge_dir, level: str, wanted: str):
     return table[COLD_START_ID], f"knowledge folder {knowledge_dir}; unknown {level}: the cold-start row"
 
 
-def _rebuilt(dataset_dir, level, wanted, model, backend, max_new_tokens, templates, cache_dir):
+def _rebuilt(dataset_dir, level, wanted, model, backend, max_new_tokens, templates, cache_dir, precision):
     from llm4msr.pipeline.data.canonical import read_dataset
     from llm4msr.pipeline.knowledge.cache import KnowledgeCache, cache_key, default_cache_dir
     from llm4msr.pipeline.knowledge.llm import load_tokenizer, resolve_model, token_counter
     from llm4msr.pipeline.knowledge.prompts import build_prompts
     from llm4msr.pipeline.knowledge.templates import load_templates
 
-    spec = resolve_model(model, backend=backend, max_new_tokens=max_new_tokens)
+    spec = resolve_model(model, backend=backend, max_new_tokens=max_new_tokens, precision=precision)
     prompts = build_prompts(read_dataset(dataset_dir), load_templates(templates),
                             token_counter(load_tokenizer(spec)), spec.prompt_budget,
                             (USER, SCENARIO, ITEM) if level == ITEM else (USER, SCENARIO))
