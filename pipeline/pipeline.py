@@ -2,7 +2,7 @@
 
 CanonicalExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidator
 KnowledgeExtractor (LLM, cached) -> KnowledgeJoiner (Beam join; gate on anomalies)
--> Transform -> Trainer -> Resolver (latest blessed) -> Evaluator (per scenario) -> Pusher
+-> Transform -> Trainer -> Resolver (the last blessed model before this run's) -> Evaluator (per scenario) -> Pusher
 """
 import pathlib
 
