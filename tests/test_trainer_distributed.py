@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 TRAIN = ["train", "--backbone", "star", "--seed", "0", "--epochs", "3", "--batch-size", "256"]
 AUC_NOISE = 0.03  # this config on one worker, seeds 0-3: test AUC 0.598-0.617 (sd 0.009, 298 rows)
 
@@ -48,3 +50,20 @@ def test_two_workers_train_one_model_and_reach_the_single_worker_auc(tiny_data, 
     assert first["test"]["overall"]["auc"] == second["test"]["overall"]["auc"]
     assert first["epochs"] == second["epochs"]
     assert abs(first["test"]["overall"]["auc"] - single["test"]["overall"]["auc"]) < AUC_NOISE, (first, single)
+
+
+def test_tf_config_names_the_cluster_and_the_chief_and_a_bad_one_is_refused(monkeypatch):
+    from llm4msr.errors import UserFacingError
+    from llm4msr.trainer.training import cluster_size, is_chief
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert cluster_size() == 1 and is_chief()
+    workers = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({**workers, "task": {"type": "worker", "index": 1}}))
+    assert cluster_size() == 2 and not is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["h:1"], "worker": ["h:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert cluster_size() == 2 and not is_chief()  # with a chief, worker 0 is not it
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(UserFacingError, match="TF_CONFIG: not valid JSON"):
+        cluster_size()

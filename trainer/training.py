@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
+from llm4msr.errors import UserFacingError
 from llm4msr.trainer.validation import fail, require_positive
 
 
@@ -59,15 +60,26 @@ class TrainConfig:
         return asdict(self)
 
 
+def _tf_config() -> dict:
+    """The `TF_CONFIG` environment variable ({} when unset), refused clearly when it is not a JSON object."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except json.JSONDecodeError as error:
+        raise UserFacingError(f"TF_CONFIG: not valid JSON ({error.msg} at character {error.pos})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("cluster", {}), dict):
+        raise UserFacingError('TF_CONFIG: expected {"cluster": {"worker": ["host:port", ...]}, "task": {...}}')
+    return config
+
+
 def cluster_size() -> int:
     """Workers (chief included) that `TF_CONFIG` names; 1 without a cluster."""
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    cluster = _tf_config().get("cluster", {})
     return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
 
 
 def is_chief() -> bool:
     """Whether this process writes the outputs: the chief, else worker 0 (or no cluster at all)."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    config = _tf_config()
     task, cluster = config.get("task", {}), config.get("cluster", {})
     if "chief" in cluster:
         return task.get("type") == "chief"
