@@ -79,8 +79,10 @@ class PipelineConfig:
             TrainConfig.from_dict(self.training)
         except (ConfigError, TypeError) as error:
             raise UserFacingError(f"{where}: {error}") from None
-        if self.llm_precision not in ("auto", "float32", "bfloat16"):
-            raise UserFacingError(f"{where}: llm_precision: expected auto, float32 or bfloat16, "
+        from llm4msr.pipeline.knowledge.llm import PRECISIONS
+
+        if self.llm_precision not in PRECISIONS:
+            raise UserFacingError(f"{where}: llm_precision: expected one of {', '.join(PRECISIONS)}, "
                                   f"got {self.llm_precision!r}")
         band = self.calibration_band
         if (not isinstance(band, (list, tuple)) or len(band) != 2

@@ -336,6 +336,8 @@ def test_missing_data_set_is_a_clear_error(tmp_path):
     ("train_epochs: 3\n", "unknown key(s) train_epochs"),
     ("calibration_band: [1.1, 0.9]\n", "calibration_band: expected [low, high] with 0 < low < high"),
     ("knowledge_reduction: -4\n", "knowledge_reduction: expected an integer >= 0"),
+    ("llm_precision: int8\n", "llm_precision: expected one of auto, float32, bfloat16, got 'int8'"),
+    ("training: {distribute: ring}\n", "TrainConfig.distribute: expected one of"),
 ])
 def test_a_bad_pipeline_config_is_refused_before_anything_runs(tmp_path, capsys, config, message):
     from llm4msr.cli import main

@@ -55,6 +55,11 @@ class KnowledgeCache:
                 located.update(dict.fromkeys(keys, chunk.name))
         return located
 
+    def prompts_manifest(self, key: str) -> pathlib.Path:
+        """Where the prompts built for one set of artifact inputs (`key`) are kept: building them
+        reads the data set and counts tokens, reading them back takes a fraction of a second."""
+        return self.folder / "prompts" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
     def read(self, chunk_name: str, keys: Iterable[str]) -> Iterable[Tuple[str, np.ndarray, str]]:
         wanted = set(keys)
         with np.load(self.folder / chunk_name) as stored:

@@ -3,6 +3,7 @@ its generated text and vector norm: the interpretability view)."""
 import shlex
 
 from llm4msr.errors import UserFacingError
+from llm4msr.pipeline.knowledge.llm import PRECISIONS  # no TensorFlow: building the parser stays fast
 
 
 def add_parser(subparsers) -> None:
@@ -47,7 +48,7 @@ def _model_arguments(parser) -> None:
     parser.add_argument("--backend", choices=["encoder", "causal-lm"],
                         help="default: from the model's config (causal LMs generate text first)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="causal-lm: generated tokens at most")
-    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="of the LLM's forward pass: auto (default) is bfloat16 on CPUs with AMX / AVX-512 "
                              "BF16 (~1.8x faster, vectors within cosine 0.9999 of float32's, cached apart), "
                              "else float32")

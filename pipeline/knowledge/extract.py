@@ -10,7 +10,6 @@ and writes the artifact from the cache, again without Beam, TensorFlow or tokeni
 """
 import dataclasses
 import datetime
-import hashlib
 import json
 import pathlib
 import shutil
@@ -73,8 +72,7 @@ def _prompts(dataset_dir, templates, spec: ModelSpec, levels: Sequence[str], inp
     """The data set's prompts. Building them reads the data set and counts tokens to fit the budget
     (most of a fully cached run's time), so the cache keeps them under the artifact's inputs and a
     later run with the same inputs reads them back."""
-    key = json.dumps({**inputs, "prompt_budget": spec.prompt_budget}, sort_keys=True)
-    manifest = cache.folder / "prompts" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    manifest = cache.prompts_manifest(json.dumps({**inputs, "prompt_budget": spec.prompt_budget}, sort_keys=True))
     try:
         return [Prompt(**fields) for fields in json.loads(manifest.read_text())]
     except (OSError, ValueError, TypeError):  # none yet (or not readable): build them
