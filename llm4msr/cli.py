@@ -2,9 +2,11 @@
 registers itself through an `add_parser(subparsers)` function listed here."""
 import argparse
 import importlib
+import os
 import sys
 
 from llm4msr.errors import UserFacingError
+from llm4msr.files import uses_file_system_plugins
 from llm4msr.quiet import quiet_libraries
 
 # module path -> the sub-command it adds
@@ -34,7 +36,14 @@ def main(argv=None) -> int:
     if not args.verbose:
         quiet_libraries()
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
     except UserFacingError as error:
         print(f"llm4msr: error: {error}", file=sys.stderr)
-        return 2
+        code = 2
+    if argv is None and uses_file_system_plugins():  # the command line, not a caller in Python
+        # tensorflow-io's S3 client aborts the interpreter's shutdown (exit status 134): everything
+        # is written and flushed by now, so the process ends here with the command's own status
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -5,15 +5,18 @@ target); `staging_dir` + `replace_dir` for folders. Every writer of the project 
 
 Paths are local paths (`str` or `pathlib.Path`) or URIs (`gs://b/x`, `s3://b/x`, `hdfs://...`,
 `file:///x`) given as `str`; URIs go through `tf.io.gfile` (imported only for them, so local work
-such as a cached knowledge run needs no TensorFlow). A rename is atomic where the storage's rename
+such as a cached knowledge run needs no TensorFlow), `s3://` through tensorflow-io's plugin. The
+readers below (`exists`, `glob`, `read_bytes`, ...) are the one way the project reads either. A rename is atomic where the storage's rename
 is (local disks, HDFS); on object stores (GCS, S3) a folder's rename copies object by object,
 and what publishes a pipeline output there is its TFX artifact turning LIVE in ML Metadata after
 the component finished."""
+import glob as local_glob
 import hashlib
 import os
 import pathlib
 import re
 import shutil
+import sys
 import tempfile
 
 from llm4msr.errors import UserFacingError
@@ -34,10 +37,33 @@ def is_uri(path) -> bool:
     return isinstance(path, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
 
 
-def _gfile():
+# URI schemes TensorFlow 2.16 does not have built in: tensorflow-io registers them when imported
+PLUGIN_SCHEMES = ("s3", "az")
+
+
+def _gfile(path: str = ""):
     import tensorflow as tf
 
+    load_file_system_plugins(path)
     return tf.io.gfile
+
+
+def load_file_system_plugins(path: str) -> None:
+    """Registers tensorflow-io's file systems with `tf.io.gfile` in this process when `path` is on
+    one of them (s3://, az://); TensorFlow's own (local, gs://, hdfs://) need nothing."""
+    if not is_uri(path) or path.split("://", 1)[0].lower() not in PLUGIN_SCHEMES or "tensorflow_io" in sys.modules:
+        return
+    try:
+        import tensorflow_io  # noqa: F401  (the import registers the file systems)
+    except ImportError:
+        raise UserFacingError(f"{path}: this storage needs the tensorflow-io file system plugins "
+                              f"(pip install 'llm4msr[s3]')") from None
+
+
+def uses_file_system_plugins() -> bool:
+    """Whether this process loaded tensorflow-io's file systems: its S3 client aborts the process
+    while Python shuts down (`pure virtual method called`), so a command then ends with `os._exit`."""
+    return "tensorflow_io" in sys.modules
 
 
 def join(folder, name: str) -> str:
@@ -45,23 +71,97 @@ def join(folder, name: str) -> str:
     return f"{str(folder).rstrip('/')}/{name}" if is_uri(folder) else os.path.join(folder, name)
 
 
+def absolute(path) -> str:
+    """A local path made absolute (`~` expanded); a URI unchanged."""
+    return path if is_uri(path) else str(pathlib.Path(path).expanduser().resolve())
+
+
 def open_file(path, mode: str = "rb"):
     """`open` for a local path, `tf.io.gfile.GFile` for a URI."""
-    return _gfile().GFile(path, mode) if is_uri(path) else open(path, mode)
+    return _gfile(path).GFile(path, mode) if is_uri(path) else open(path, mode)
+
+
+def read_bytes(path) -> bytes:
+    with open_file(path, "rb") as handle:
+        return handle.read()
+
+
+def read_text(path) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def exists(path) -> bool:
+    return _gfile(path).exists(path) if is_uri(path) else os.path.exists(path)
 
 
 def is_file(path) -> bool:
     if is_uri(path):
-        gfile = _gfile()
+        gfile = _gfile(path)
         return gfile.exists(path) and not gfile.isdir(path)
     return os.path.isfile(path)
 
 
+def is_dir(path) -> bool:
+    return _gfile(path).isdir(path) if is_uri(path) else os.path.isdir(path)
+
+
+def glob(pattern) -> list:
+    """Sorted paths matching `pattern` (`*` within one path segment)."""
+    return sorted(_gfile(pattern).glob(pattern) if is_uri(pattern) else local_glob.glob(str(pattern)))
+
+
+def makedirs(path) -> None:
+    if is_uri(path):
+        _gfile(path).makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def remove_tree(path) -> None:
+    """Removes a folder and what is in it; a missing one is no error."""
+    if not is_uri(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif _gfile(path).exists(path):
+        _gfile(path).rmtree(path)
+
+
+def remove_file(path) -> None:
+    """Removes a file; a missing one is no error."""
+    if not is_uri(path):
+        pathlib.Path(path).unlink(missing_ok=True)
+    elif _gfile(path).exists(path):
+        _gfile(path).remove(path)
+
+
+def copy_tree(source, target) -> None:
+    """Copies the folder `source` to `target` (which must not exist), file by file."""
+    if not is_uri(source) and not is_uri(target):
+        shutil.copytree(source, target)
+        return
+    for folder, _, files in _walk(source):
+        relative = folder[len(str(source).rstrip("/")):].lstrip("/")
+        destination = join(target, relative) if relative else str(target)
+        makedirs(destination)
+        for name in files:
+            with open_file(join(folder, name), "rb") as src, open_file(join(destination, name), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _walk(folder):
+    if is_uri(folder):
+        return ((path.rstrip("/"), dirs, files) for path, dirs, files in _gfile(folder).walk(folder))
+    return ((path, dirs, files) for path, dirs, files in os.walk(folder))
+
+
+def entry_names(folder) -> list:
+    """Sorted names of the files and folders directly in `folder`."""
+    names = _gfile(folder).listdir(folder) if is_uri(folder) else os.listdir(folder)
+    return sorted(name.rstrip("/") for name in names)  # gfile marks folders of object stores with a "/"
+
+
 def file_names(folder) -> list:
     """Sorted names of the files (not folders) directly in `folder`."""
-    if is_uri(folder):
-        return sorted(name for name in _gfile().listdir(folder) if is_file(join(folder, name)))
-    return sorted(name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name)))
+    return [name for name in entry_names(folder) if is_file(join(folder, name))]
 
 
 def _sibling(path: str, name: str) -> str:
@@ -79,7 +179,7 @@ def staging_dir(out):
     killed run) are removed first (local outputs only: a URI's writer may run on another machine)."""
     check_replaceable(out)
     if is_uri(out):
-        gfile = _gfile()
+        gfile = _gfile(out)
         staging = _sibling(out, f".{_basename(out)}.staging.{os.getpid()}.{os.urandom(4).hex()}")
         gfile.makedirs(staging)
         with gfile.GFile(f"{staging}/{OWNER_MARKER}", "w") as handle:
@@ -114,7 +214,7 @@ def check_replaceable(out) -> None:
 
 
 def _check_replaceable_uri(out: str) -> None:
-    gfile = _gfile()
+    gfile = _gfile(out)
     if not _basename(out) or out.rstrip("/").endswith(":/"):
         raise UserFacingError(f"{out} cannot be an output folder (choose a named folder such as gs://bucket/out)")
     if not gfile.exists(out):
@@ -151,7 +251,7 @@ def replace_dir(staging, out) -> None:
     """Renames the complete `staging` folder to `out`; an existing `out` is removed only after the swap."""
     check_replaceable(out)  # again: it may have appeared while the output was being made
     if is_uri(out):
-        gfile = _gfile()
+        gfile = _gfile(out)
         if gfile.exists(out):
             retired = _sibling(out, f".{_basename(out)}.old.{os.getpid()}.{os.urandom(4).hex()}")
             gfile.rename(out, retired)
@@ -191,7 +291,7 @@ def write_file(path, data):
 
 
 def _write_file_uri(path: str, data) -> str:
-    gfile = _gfile()
+    gfile = _gfile(path)
     gfile.makedirs(path.rstrip("/").rsplit("/", 1)[0])
     tmp = _sibling(path, f".{_basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:

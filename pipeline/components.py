@@ -23,6 +23,7 @@ from tfx.types import standard_artifacts
 from llm4msr.contract import (ITEM_KNOWLEDGE, KNOWLEDGE_FEATURES, LABEL, RAW_FEATURES, SCENARIO_KNOWLEDGE,
                               USER_KNOWLEDGE)
 from llm4msr.errors import UserFacingError
+from llm4msr.files import copy_tree, join, open_file
 from llm4msr.pipeline.data.split import HISTORY, SPLITS
 
 EXAMPLES_FILE_FORMAT = "tfrecords_gzip"
@@ -58,9 +59,9 @@ def CanonicalExampleGen(
     del code_fingerprint
     examples.set_string_custom_property("dataset_fingerprint", dataset_fingerprint or fingerprint_of(dataset_dir))
     read_dataset(dataset_dir)
-    path = os.path.join(dataset_dir, INTERACTIONS)
-    with open(path, encoding="utf-8") as handle:
-        header = next(csv.reader(handle))
+    path = join(dataset_dir, INTERACTIONS)
+    with open_file(path, "rb") as handle:
+        header = next(csv.reader([handle.readline().decode("utf-8")]))
     if "split" not in header:
         raise UserFacingError(f"{path}: no 'split' column; write the set with `llm4msr data prepare "
                               f"--source canonical --data-dir {dataset_dir} --out DIR`, which assigns splits")
@@ -263,15 +264,6 @@ def _mark_examples(examples) -> None:
 def _write_split(examples, split: str) -> beam.PTransform:
     return beam.io.WriteToTFRecord(os.path.join(examples.path(split=split), "data_tfrecord"),
                                    file_name_suffix=".gz", coder=beam.coders.BytesCoder())
-
-
-def copy_tree(source: str, target: str) -> None:
-    """Recursive copy through tf.io.gfile (local disks, GCS, S3 alike)."""
-    for directory, _, files in tf.io.gfile.walk(source):
-        destination = os.path.join(target, os.path.relpath(directory, source))
-        tf.io.gfile.makedirs(destination)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(destination, name), overwrite=True)
 
 
 def _bytes_feature(value: str) -> tf.train.Feature:

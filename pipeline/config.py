@@ -1,12 +1,13 @@
 """Pipeline configuration: one dataclass, loadable from a JSON or YAML file (`--config FILE`)."""
 import dataclasses
+import hashlib
 import json
 import pathlib
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from llm4msr.errors import UserFacingError
-from llm4msr.files import join
+from llm4msr.files import is_uri, join
 
 DEFAULT_BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
 
@@ -15,7 +16,10 @@ DEFAULT_BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_wor
 class PipelineConfig:
     name: str = "llm4msr"
     dataset_dir: str = "runs/data/movielens-latest-small"  # a canonical set (`llm4msr data prepare`)
-    root: str = "runs/pipeline"  # pipeline artifacts and the SQLite metadata store
+    root: str = "runs/pipeline"  # pipeline artifacts (and, for a local root, the SQLite metadata store)
+    # local runs' ML Metadata (SQLite, a local folder): "" = the root, or for a URI root (gs://, s3://)
+    # ~/.cache/llm4msr/metadata/<hash of the root>
+    metadata_dir: str = ""
     serving_dir: str = "runs/serving/llm4msr"  # the Pusher writes versioned SavedModels here
     llm_model: str = "minilm"  # alias, local folder or Hugging Face hub id
     llm_backend: str = "encoder"  # encoder | causal-lm
@@ -52,8 +56,22 @@ class PipelineConfig:
 
     @property
     def metadata_path(self) -> str:
-        """Local runs' ML Metadata (SQLite); on Kubeflow the cluster provides the store."""
-        return join(self.root, "metadata.sqlite")
+        """Local runs' ML Metadata (SQLite, which needs a local file); on Kubeflow the cluster
+        provides the store."""
+        if self.metadata_dir:
+            folder = self.metadata_dir
+        elif is_uri(self.root):
+            folder = str(pathlib.Path("~/.cache/llm4msr/metadata").expanduser()
+                         / hashlib.sha256(self.root.encode()).hexdigest()[:16])
+        else:
+            folder = self.root
+        return join(folder, "metadata.sqlite")
+
+    @property
+    def uris(self) -> List[str]:
+        """The configured locations that are URIs (remote storage) rather than local paths."""
+        return [path for path in (self.dataset_dir, self.root, self.serving_dir, self.knowledge_cache_dir)
+                if is_uri(path)]
 
     @classmethod
     def load(cls, path: Optional[str] = None, **overrides) -> "PipelineConfig":
@@ -92,6 +110,9 @@ class PipelineConfig:
         if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 0:
             raise UserFacingError(f"{where}: knowledge_reduction: expected an integer >= 0 (0: no reduction), "
                                   f"got {reduction!r}")
+        if is_uri(self.metadata_dir):
+            raise UserFacingError(f"{where}: metadata_dir: ML Metadata's SQLite store needs a local folder, "
+                                  f"got {self.metadata_dir!r}")
         for name in ("auc_floor", "regression_tolerance", "max_normalized_logloss"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

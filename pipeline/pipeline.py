@@ -4,7 +4,6 @@ CanonicalExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen) -> Exampl
 KnowledgeExtractor (LLM, cached) -> KnowledgeJoiner (Beam join; gate on anomalies)
 -> Transform -> Trainer -> Resolver (the last blessed model before this run's) -> Evaluator (per scenario) -> Pusher
 """
-import pathlib
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
@@ -15,7 +14,7 @@ import llm4msr.serving
 import llm4msr.trainer
 import llm4msr.transform
 from llm4msr.contract import DEFAULT_SIGNATURE, LABEL, PREDICTION_KEY, SCENARIO, TRANSFORM_SIGNATURE
-from llm4msr.files import is_uri, source_fingerprint
+from llm4msr.files import absolute, source_fingerprint
 from llm4msr.pipeline import baseline, components, metrics
 from llm4msr.pipeline.data.canonical import dataset_fingerprint
 from llm4msr.pipeline.config import PipelineConfig
@@ -149,4 +148,4 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
 
 def location(path: str) -> str:
     """A URI (gs://, s3://) unchanged, a local path made absolute (components run elsewhere)."""
-    return path if is_uri(path) else str(pathlib.Path(path).resolve())
+    return absolute(path)

@@ -9,7 +9,7 @@ import time
 from typing import Dict, List, Optional
 
 from llm4msr.errors import UserFacingError
-from llm4msr.files import write_file
+from llm4msr.files import entry_names, is_dir, is_file, join, load_file_system_plugins, write_file
 from llm4msr.pipeline.config import PipelineConfig
 from llm4msr.pipeline.data.canonical import read_scenario_ids
 from llm4msr.quiet import is_quiet
@@ -22,8 +22,11 @@ def run_local(config: PipelineConfig) -> dict:
 
     from llm4msr.pipeline.pipeline import create_pipeline
 
-    if not pathlib.Path(config.dataset_dir, "interactions.csv").is_file():
+    for uri in config.uris:  # TFX's components read and write them through tf.io.gfile, in this process
+        load_file_system_plugins(uri)
+    if not is_file(join(config.dataset_dir, "interactions.csv")):
         raise UserFacingError(f"{config.dataset_dir}: no canonical data set (run `llm4msr data prepare` first)")
+    pathlib.Path(config.metadata_path).parent.mkdir(parents=True, exist_ok=True)
     pipeline = create_pipeline(config)
     started = time.time()
     with component_progress(quiet=is_quiet()):
@@ -138,10 +141,11 @@ def _type_id(store, name: str) -> int:
     return store.get_context_type(name).id
 
 
-def _latest_output(config: PipelineConfig, component: str, output: str) -> Optional[pathlib.Path]:
-    folder = pathlib.Path(config.pipeline_root) / component / output
-    runs = sorted((p for p in folder.glob("*") if p.is_dir()), key=lambda p: int(p.name) if p.name.isdigit() else -1)
-    return runs[-1] if runs else None
+def _latest_output(config: PipelineConfig, component: str, output: str) -> Optional[str]:
+    """The folder of `component`'s `output` written by its latest execution (a local path or a URI)."""
+    folder = join(config.pipeline_root, f"{component}/{output}")
+    runs = [name for name in entry_names(folder) if name.isdigit()] if is_dir(folder) else []
+    return join(folder, max(runs, key=int)) if runs else None
 
 
 def _latest_evaluation(config: PipelineConfig, scenario_ids: List[str]) -> Optional[dict]:
@@ -210,9 +214,10 @@ def _scalar(value) -> float:
 
 
 def _latest_push(config: PipelineConfig) -> Optional[str]:
-    base = pathlib.Path(config.serving_dir)
-    versions = sorted((p for p in base.glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
-    return str(versions[-1]) if versions else None
+    from llm4msr.serving.layout import version_dirs
+
+    versions = version_dirs(config.serving_dir)
+    return versions[max(versions)] if versions else None
 
 
 def format_report(report: dict) -> str:

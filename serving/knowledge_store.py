@@ -33,12 +33,12 @@ pushed version under a versioned key prefix (`export_vectors` yields the key/val
     # at push time: redis.mset(dict(export_vectors(read_knowledge(folder), version)))
 """
 import abc
-import pathlib
 from typing import Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from llm4msr.errors import UserFacingError
+from llm4msr.files import is_dir, join
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, Knowledge, read_knowledge
 from llm4msr.serving.layout import KNOWLEDGE_DIR, version_dirs
 
@@ -123,12 +123,12 @@ class PushedKnowledgeStore(InMemoryKnowledgeStore):
     """The embedded default: the knowledge folder of one pushed version, loaded into memory."""
 
     def __init__(self, model_dir, version: int):
-        folder = pathlib.Path(model_dir) / str(version) / KNOWLEDGE_DIR
-        if not folder.is_dir():
+        folder = join(model_dir, f"{version}/{KNOWLEDGE_DIR}")
+        if not is_dir(folder):
             raise UserFacingError(f"{folder} is missing: version {version} was pushed without its knowledge store")
         base = InMemoryKnowledgeStore.from_knowledge(read_knowledge(folder), version)
         super().__init__(base.users, base.scenarios, base.default_user, version, base.items, base.default_item)
-        self.model_dir = pathlib.Path(model_dir)
+        self.model_dir = model_dir
 
     @classmethod
     def latest(cls, model_dir) -> "PushedKnowledgeStore":

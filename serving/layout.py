@@ -5,28 +5,28 @@ message limits of the gRPC services.
 that version) and `assets.extra/tf_serving_warmup_requests` (PredictionLogs replayed at load).
 Tensor and signature names are in `llm4msr.contract`.
 """
-import pathlib
 from typing import Dict
 
+from llm4msr.files import entry_names, is_dir, is_file, join
+
 DEFAULT_MODEL_DIR = "runs/serving/llm4msr"  # PipelineConfig.serving_dir
-KNOWLEDGE_DIR = pathlib.Path("assets.extra") / "knowledge"
-WARMUP_FILE = pathlib.Path("assets.extra") / "tf_serving_warmup_requests"
+KNOWLEDGE_DIR = "assets.extra/knowledge"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # 1 user x 10k candidates x 2 x 384 floats is ~30 MB
 DEFAULT_MAX_BATCH = 1024  # candidates per request; larger lists are split by the client
 
 
-def version_dirs(model_dir) -> Dict[int, pathlib.Path]:
+def version_dirs(model_dir) -> Dict[int, str]:
     """The versions of a served model, as TF Serving's file system source sees them.
 
     Args:
-      model_dir: the folder the Pusher pushes to (`<serving_dir>`).
+      model_dir: the folder the Pusher pushes to (`<serving_dir>`), a local path or a URI.
 
     Returns:
       version number -> folder, for integer-named sub-folders that hold a `saved_model.pb`.
     """
-    root = pathlib.Path(model_dir)
-    if not root.is_dir():
+    if not is_dir(model_dir):
         return {}
-    return {int(p.name): p for p in root.iterdir()
-            if p.name.isdigit() and (p / "saved_model.pb").is_file()}
+    return {int(name): join(model_dir, name) for name in entry_names(model_dir)
+            if name.isdigit() and is_file(join(model_dir, f"{name}/saved_model.pb"))}

@@ -306,7 +306,7 @@ class ModelRegistry:
 
     def poll(self) -> bool:
         """Loads new versions, drops versions beyond `num_versions` or gone from disk; True if changed."""
-        on_disk = version_dirs(self.model_dir)
+        on_disk = {version: pathlib.Path(path) for version, path in version_dirs(self.model_dir).items()}
         current = self.snapshot.servables
         wanted = sorted(on_disk, reverse=True)[:self.num_versions]
         self._failed = {v: f for v, f in self._failed.items() if v in wanted}

@@ -56,7 +56,7 @@ def pushed(tmp_path):
 def test_pushed_store_serves_vectors_and_the_cold_start_default(pushed):
     store = PushedKnowledgeStore.latest(pushed)
     knowledge = read_knowledge(pushed / "7" / KNOWLEDGE_DIR)
-    assert store.version == 7 and store.dim == 4 and version_dirs(pushed) == {7: pushed / "7"}
+    assert store.version == 7 and store.dim == 4 and version_dirs(pushed) == {7: str(pushed / "7")}
     np.testing.assert_array_equal(store.user_vector(USERS[0]), knowledge.user_vector(USERS[0]))
     np.testing.assert_array_equal(store.user_vector("stranger"), knowledge.users[COLD_START_ID].vector)
     np.testing.assert_array_equal(store.scenario_vector("S1"), knowledge.scenario_vector("S1"))

@@ -22,7 +22,6 @@ Every statistic (vocabularies, means, counts) comes from the train split only: T
 `train` and applies the result to every split.
 """
 import functools
-import pathlib
 from typing import Dict, List
 
 import numpy as np
@@ -157,13 +156,12 @@ def attribute_tables(dataset_dir: str) -> AttributeTables:
     traces `preprocessing_fn` several times)."""
     from llm4msr.pipeline.data.canonical import read_items, read_users
 
-    folder = pathlib.Path(dataset_dir)
-    items = read_items(folder)
+    items = read_items(dataset_dir)
     item_columns = {"item_category": items["categories"].fillna("").astype(str).str.split("|").str[0].str.strip()}
     for column in items.columns:
         if column not in ("item_id", "categories", *ITEM_TEXT_COLUMNS):
             item_columns[f"item_{column}"] = items[column]
-    users = read_users(folder)
+    users = read_users(dataset_dir)
     user_columns = {} if users is None else {f"user_{c}": users[c] for c in users.columns if c != "user_id"}
     return AttributeTables(_table(items["item_id"], item_columns),
                            _table(users["user_id"] if users is not None else pd.Series([], dtype=str), user_columns))

@@ -5,16 +5,16 @@ contract: ids are strings, labels 0/1, timestamps integers, scenarios listed in 
 items listed in items.csv, no duplicate (user, item, timestamp) rows.
 """
 import hashlib
+import io
 import json
-import pathlib
-import shutil
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import pandas as pd
 
 from llm4msr.errors import DataError
-from llm4msr.files import file_names, is_file, join, open_file, replace_dir, staging_dir
+from llm4msr.files import (absolute, exists, file_names, is_dir, is_file, join, open_file, read_text, remove_tree,
+                           replace_dir, staging_dir)
 from llm4msr.pipeline.data.scenarios import Scenario
 from llm4msr.pipeline.data.split import (ALL_SPLITS, REGIME_SHARE, REGIMES, cold_scenario_rows, new_users,
                                          prompt_history, random_split, time_split)
@@ -42,22 +42,23 @@ class Dataset:
         return self.interactions[self.interactions["split"] == name]
 
 
-def write_dataset(dataset: Dataset, out) -> pathlib.Path:
-    """Writes the set into a temporary sibling folder, then renames it to `out`, so `out` is
-    either the complete previous set or the complete new one, never half-written."""
+def write_dataset(dataset: Dataset, out) -> str:
+    """Writes the set into a temporary sibling folder, then renames it to `out` (a local path or a
+    URI), so `out` is either the complete previous set or the complete new one, never half-written."""
+    out = absolute(out)
     staging = staging_dir(out)
     try:
-        dataset.interactions.to_csv(staging / INTERACTIONS, index=False)
-        dataset.items.to_csv(staging / ITEMS, index=False)
+        _write_csv(dataset.interactions, join(staging, INTERACTIONS))
+        _write_csv(dataset.items, join(staging, ITEMS))
         if dataset.users is not None:
-            dataset.users.to_csv(staging / USERS, index=False)
-        _write_json(staging / SCENARIOS, {"scenarios": [s.to_json() for s in dataset.scenarios]})
-        _write_json(staging / MANIFEST, dataset.manifest)
+            _write_csv(dataset.users, join(staging, USERS))
+        _write_json(join(staging, SCENARIOS), {"scenarios": [s.to_json() for s in dataset.scenarios]})
+        _write_json(join(staging, MANIFEST), dataset.manifest)
         replace_dir(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
-    return pathlib.Path(out)
+    return out
 
 
 def read_dataset(folder, split: str = "time", seed: int = 0, regime: str = "time",
@@ -65,21 +66,21 @@ def read_dataset(folder, split: str = "time", seed: int = 0, regime: str = "time
     """Reads and validates a canonical set. When `interactions.csv` has no `split` column the
     splitter assigns one (`split` = 'time' needs timestamps; 'random' is seeded 8:1:1), under
     `regime`; a set that has one keeps it (a regime then needs the column dropped)."""
-    folder = pathlib.Path(folder)
-    if not folder.is_dir():
+    folder = absolute(folder)
+    if not is_dir(folder):
         raise DataError(folder, "data set folder not found")
-    scenarios = _read_scenarios(folder / SCENARIOS)
-    items = _read_items(folder / ITEMS)
-    interactions = _read_interactions(folder / INTERACTIONS, [s.id for s in scenarios], set(items["item_id"]))
+    scenarios = _read_scenarios(join(folder, SCENARIOS))
+    items = _read_items(join(folder, ITEMS))
+    interactions = _read_interactions(join(folder, INTERACTIONS), [s.id for s in scenarios], set(items["item_id"]))
     if "split" not in interactions.columns:
-        interactions["split"] = assign_split(interactions, split, seed, folder / INTERACTIONS, regime, share)
+        interactions["split"] = assign_split(interactions, split, seed, join(folder, INTERACTIONS), regime, share)
     elif regime != "time":
-        raise DataError(folder / INTERACTIONS, f"the set has its own 'split' column, so the {regime} regime "
+        raise DataError(join(folder, INTERACTIONS), f"the set has its own 'split' column, so the {regime} regime "
                                                f"cannot re-split it; drop the column to apply a regime")
-    users = _read_users(folder / USERS) if (folder / USERS).exists() else None
-    manifest_path = folder / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"source": "canonical"}
-    return Dataset(interactions, items, scenarios, users, manifest, str(folder.resolve()))
+    users = read_users(folder)
+    manifest_path = join(folder, MANIFEST)
+    manifest = json.loads(read_text(manifest_path)) if exists(manifest_path) else {"source": "canonical"}
+    return Dataset(interactions, items, scenarios, users, manifest, folder)
 
 
 def assign_split(interactions: pd.DataFrame, split: str, seed: int, where, regime: str = "time",
@@ -111,13 +112,13 @@ def _method_split(interactions: pd.DataFrame, split: str, seed: int, where) -> p
 
 def read_items(folder) -> pd.DataFrame:
     """items.csv of a canonical set, validated (the attribute source of the feature contract)."""
-    return _read_items(pathlib.Path(folder) / ITEMS)
+    return _read_items(join(folder, ITEMS))
 
 
 def read_users(folder) -> Optional[pd.DataFrame]:
     """users.csv of a canonical set, validated, or None when the set has none."""
-    path = pathlib.Path(folder) / USERS
-    return _read_users(path) if path.exists() else None
+    path = join(folder, USERS)
+    return _read_users(path) if exists(path) else None
 
 
 def _read_scenarios(path) -> List[Scenario]:
@@ -144,7 +145,7 @@ def _read_scenarios(path) -> List[Scenario]:
     return scenarios
 
 
-def _read_items(path: pathlib.Path) -> pd.DataFrame:
+def _read_items(path: str) -> pd.DataFrame:
     table = read_table(path, required=["item_id", "title"])
     frame = table.frame
     frame["item_id"] = table.strings("item_id")
@@ -155,7 +156,7 @@ def _read_items(path: pathlib.Path) -> pd.DataFrame:
     return frame
 
 
-def _read_interactions(path: pathlib.Path, scenario_ids: List[str], item_ids: set) -> pd.DataFrame:
+def _read_interactions(path: str, scenario_ids: List[str], item_ids: set) -> pd.DataFrame:
     table = read_table(path, required=["user_id", "item_id", "scenario", "label"])
     frame = table.frame
     frame["user_id"] = table.strings("user_id")
@@ -174,15 +175,23 @@ def _read_interactions(path: pathlib.Path, scenario_ids: List[str], item_ids: se
     return frame
 
 
-def _read_users(path: pathlib.Path) -> pd.DataFrame:
+def _read_users(path: str) -> pd.DataFrame:
     table = read_table(path, required=["user_id"])
     table.frame["user_id"] = table.strings("user_id")
     table.check_unique(["user_id"], "user id")
     return table.frame
 
 
-def _write_json(path: pathlib.Path, document) -> None:
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def _write_csv(frame: pd.DataFrame, path: str) -> None:
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    with open_file(path, "wb") as handle:
+        handle.write(buffer.getvalue().encode("utf-8"))
+
+
+def _write_json(path: str, document) -> None:
+    with open_file(path, "wb") as handle:
+        handle.write((json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def dataset_fingerprint(dataset_dir: str) -> str:

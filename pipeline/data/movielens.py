@@ -4,6 +4,7 @@ Each adapter reads one release's files into the same `MovieLensFiles`: ratings, 
 genres, year) and, where the release has them, users and tags. Turning these into the canonical
 set (labels, scenarios, splits) is `prepare.py`'s job, shared by all releases.
 """
+import os
 import pathlib
 from dataclasses import dataclass
 from typing import Optional
@@ -124,4 +125,4 @@ def _check_known_items(ratings: Table, column: str, items: pd.DataFrame, movies:
     unknown = (~ratings.frame["item_id"].isin(items["item_id"])).to_numpy()
     if unknown.any():
         position = int(unknown.nonzero()[0][0])
-        ratings.fail(position, column, f"item {ratings.frame['item_id'].iloc[position]!r} is not in {movies.path.name}")
+        ratings.fail(position, column, f"item {ratings.frame['item_id'].iloc[position]!r} is not in {os.path.basename(movies.path)}")

@@ -6,7 +6,6 @@ number in the file (row index + 1, + 1 more when the file has a header line).
 """
 import csv
 import io
-import pathlib
 import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from llm4msr.errors import DataError
+from llm4msr.files import is_file, read_bytes
 
 # Unix time in seconds or milliseconds: negatives and values that overflow int64 are refused, as they
 # would silently reorder the time split
@@ -32,7 +32,7 @@ def quoted(value) -> str:
 class Table:
     """A parsed file: string columns plus what is needed to point at a line of the file."""
 
-    path: pathlib.Path
+    path: str  # a local path or a URI
     frame: pd.DataFrame
     has_header: bool
 
@@ -103,8 +103,8 @@ def read_table(path, *, sep: str = ",", columns: Optional[Sequence[str]] = None,
     `columns` names the columns of a file without a header line; otherwise the header is read
     and must contain every name in `required`.
     """
-    path = pathlib.Path(path)
-    if not path.is_file():
+    path = str(path)
+    if not is_file(path):
         raise DataError(path, "file not found")
     text = _decode(path, encoding)
     if not text.strip():
@@ -131,8 +131,8 @@ def read_table(path, *, sep: str = ",", columns: Optional[Sequence[str]] = None,
     return table
 
 
-def _decode(path: pathlib.Path, encoding: str) -> str:
-    raw = path.read_bytes()
+def _decode(path: str, encoding: str) -> str:
+    raw = read_bytes(path)
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as error:

@@ -11,9 +11,8 @@ The user and item tables also hold one row with id `COLD_START_ID`: the vector o
 prompt, used for users (items) the extraction has not seen (the serving default and the joiner's).
 Shards (`*.parquet`) may be written by Beam (`WriteToParquet`) or by `write_knowledge`.
 """
+import io
 import json
-import pathlib
-import shutil
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Mapping, Optional
 
@@ -22,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llm4msr.errors import UserFacingError
-from llm4msr.files import replace_dir, staging_dir, write_file
+from llm4msr.files import (glob, is_file, is_uri, join, makedirs, open_file, read_bytes, read_text, remove_tree,
+                           replace_dir, staging_dir, write_file)
 
 FORMAT_VERSION = 1
 METADATA = "knowledge.json"
@@ -110,12 +110,13 @@ class Knowledge:
 
 
 def read_knowledge(folder) -> Knowledge:
-    folder = pathlib.Path(folder)
-    meta_path = folder / METADATA
-    if not meta_path.is_file():
+    """The knowledge folder at `folder` (a local path or a URI), checked whole."""
+    folder = str(folder)
+    meta_path = join(folder, METADATA)
+    if not is_file(meta_path):
         raise UserFacingError(f"{folder} is not a knowledge folder: {METADATA} is missing "
                               f"(run `llm4msr knowledge extract` first)")
-    metadata = json.loads(meta_path.read_text())
+    metadata = json.loads(read_text(meta_path))
     if metadata.get("format") != FORMAT_VERSION:
         raise UserFacingError(f"{meta_path}: knowledge format {metadata.get('format')!r}, expected {FORMAT_VERSION}")
     users, scenarios, items = (_read_level(folder, level) for level in LEVELS)
@@ -132,25 +133,23 @@ def read_knowledge(folder) -> Knowledge:
 
 def write_knowledge(folder, users: Mapping[str, KnowledgeRecord], scenarios: Mapping[str, KnowledgeRecord],
                     metadata: Optional[dict] = None,
-                    items: Optional[Mapping[str, KnowledgeRecord]] = None) -> pathlib.Path:
+                    items: Optional[Mapping[str, KnowledgeRecord]] = None):
     """Writes a complete knowledge folder atomically (temporary sibling, then rename)."""
-    folder = pathlib.Path(folder)
     staging = staging_dir(folder)
     try:
         levels = ((USER, users), (SCENARIO, scenarios)) + (((ITEM, items),) if items else ())
         for level, records in levels:
-            (staging / level).mkdir()
-            pq.write_table(records_to_table(records.values()), staging / level / "part-00000.parquet")
+            _write_shard(records_to_table(records.values()), staging, level)
         write_metadata(staging, metadata or {})
         replace_dir(staging, folder)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
     return folder
 
 
 def write_metadata(folder, metadata: dict) -> None:
-    write_file(pathlib.Path(folder) / METADATA, json.dumps({**metadata, "format": FORMAT_VERSION}, indent=2,
+    write_file(join(folder, METADATA), json.dumps({**metadata, "format": FORMAT_VERSION}, indent=2,
                                                           sort_keys=True) + "\n")
 
 
@@ -162,8 +161,23 @@ def row(prompt, vector, text: str) -> dict:
 
 def write_level(folder, level: str, rows: Iterable[dict]) -> None:
     """One level's rows as a single Parquet shard (what the Beam job writes as several)."""
-    (pathlib.Path(folder) / level).mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(list(rows), schema=SCHEMA), pathlib.Path(folder) / level / "part-00000.parquet")
+    _write_shard(pa.Table.from_pylist(list(rows), schema=SCHEMA), folder, level)
+
+
+def _write_shard(table: pa.Table, folder, level: str) -> None:
+    """`folder/level/part-00000.parquet` (inside a staging folder: published by its rename)."""
+    makedirs(join(folder, level))
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    with open_file(join(folder, f"{level}/part-00000.parquet"), "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+def read_parquet(path, columns=None) -> pa.Table:
+    """A Parquet file, local (memory-mapped) or remote (read whole: object stores do not seek cheaply)."""
+    if is_uri(path):
+        return pq.read_table(io.BytesIO(read_bytes(path)), columns=columns, schema=None if columns else SCHEMA)
+    return pq.read_table(path, columns=columns, schema=None if columns else SCHEMA)
 
 
 def records_to_table(records: Iterable[KnowledgeRecord]) -> pa.Table:
@@ -177,11 +191,10 @@ def records_to_table(records: Iterable[KnowledgeRecord]) -> pa.Table:
     }, schema=SCHEMA)
 
 
-def _read_level(folder: pathlib.Path, level: str) -> Dict[str, KnowledgeRecord]:
-    shards = sorted((folder / level).glob("*.parquet"))
+def _read_level(folder: str, level: str) -> Dict[str, KnowledgeRecord]:
     records = {}
-    for shard in shards:
-        table = pq.read_table(shard, schema=SCHEMA)
+    for shard in glob(join(folder, f"{level}/*.parquet")):
+        table = read_parquet(shard)
         vectors = table.column("vector").to_pylist()
         for row, vector in zip(table.drop(["vector"]).to_pylist(), vectors):
             records[row["id"]] = KnowledgeRecord(vector=np.asarray(vector, np.float32), **row)

@@ -26,6 +26,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.utils.shared import Shared
 
+from llm4msr.files import join
 from llm4msr.pipeline.knowledge import artifact
 from llm4msr.pipeline.knowledge.cache import KnowledgeCache, cache_key
 from llm4msr.pipeline.knowledge.llm import ModelSpec, load_backend
@@ -110,7 +111,7 @@ class ExtractKnowledge(beam.PTransform):
             _ = (rows | f"Only{level}" >> beam.Filter(lambda row, lv: row[0] == lv, level)
                  | f"Drop{level}" >> beam.Map(lambda row: row[1])
                  | f"Write{level}" >> beam.io.WriteToParquet(
-                        os.path.join(self.out_dir, level, "part"), artifact.SCHEMA, file_name_suffix=".parquet"))
+                        join(self.out_dir, f"{level}/part"), artifact.SCHEMA, file_name_suffix=".parquet"))
         return rows
 
 
@@ -226,7 +227,7 @@ class _ProgressBar:
             self._thread.join()
 
     def _finished(self) -> int:
-        return self.cache.finished_prompts() if self.cache.folder.exists() else 0
+        return self.cache.finished_prompts()
 
     def _poll(self):
         from tqdm import tqdm

@@ -11,14 +11,11 @@ and writes the artifact from the cache, again without Beam, TensorFlow or tokeni
 import dataclasses
 import datetime
 import json
-import pathlib
-import shutil
 import time
 from typing import Dict, List, Optional, Sequence
 
-import pyarrow.parquet as pq
-
-from llm4msr.files import replace_dir, source_fingerprint, staging_dir, write_file
+from llm4msr.files import (absolute, glob, is_file, join, read_text, remove_tree, replace_dir, source_fingerprint, staging_dir,
+                           write_file)
 from llm4msr.pipeline.data.canonical import dataset_fingerprint, read_dataset
 from llm4msr.pipeline.knowledge import artifact, prompts as prompts_module, templates as templates_module
 from llm4msr.pipeline.knowledge.cache import KnowledgeCache, cache_key, default_cache_dir
@@ -43,7 +40,7 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
     spec = resolve_model(model, backend=backend, max_length=max_length, max_new_tokens=max_new_tokens,
                          precision=precision)
     loaded = load_templates(templates)
-    out_dir = pathlib.Path(out_dir)
+    out_dir = absolute(out_dir)
     inputs = _inputs(spec, loaded, dataset_dir, levels)
     current = None if force else _current_counts(out_dir, inputs, started)
     if current is not None:
@@ -63,7 +60,7 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
         artifact.write_metadata(staging, _metadata(spec, loaded, dataset_dir, staging, counts, levels, inputs))
         replace_dir(staging, out_dir)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
     return counts
 
 
@@ -74,8 +71,9 @@ def _prompts(dataset_dir, templates, spec: ModelSpec, levels: Sequence[str], inp
     later run with the same inputs reads them back."""
     manifest = cache.prompts_manifest(json.dumps({**inputs, "prompt_budget": spec.prompt_budget}, sort_keys=True))
     try:
-        return [Prompt(**fields) for fields in json.loads(manifest.read_text())]
-    except (OSError, ValueError, TypeError):  # none yet (or not readable): build them
+        if is_file(manifest):
+            return [Prompt(**fields) for fields in json.loads(read_text(manifest))]
+    except (OSError, ValueError, TypeError):  # not readable: built again
         pass
     prompts = build_prompts(read_dataset(dataset_dir), templates, token_counter(load_tokenizer(spec)),
                             spec.prompt_budget, levels)
@@ -83,7 +81,7 @@ def _prompts(dataset_dir, templates, spec: ModelSpec, levels: Sequence[str], inp
     return prompts
 
 
-def _write_from_cache(prompts, cache: KnowledgeCache, cached: Dict[str, str], staging: pathlib.Path,
+def _write_from_cache(prompts, cache: KnowledgeCache, cached: Dict[str, str], staging: str,
                       levels: Sequence[str], started: float) -> Dict[str, float]:
     """Every prompt is in the cache: the artifact is written here, each chunk read once, with no
     Beam job, TensorFlow or model (a Beam job's start alone took longer than this whole path)."""
@@ -113,22 +111,25 @@ def _inputs(spec: ModelSpec, templates, dataset_dir, levels: Sequence[str]) -> d
             "prompt_code": source_fingerprint(prompts_module, templates_module)}
 
 
-def _current_counts(out_dir: pathlib.Path, inputs: dict, started: float) -> Optional[Dict[str, float]]:
+def _current_counts(out_dir: str, inputs: dict, started: float) -> Optional[Dict[str, float]]:
     """The counts of a rerun that finds `out_dir` current (None when it must be made)."""
+    meta_path = join(out_dir, artifact.METADATA)
     try:
-        metadata = json.loads((out_dir / artifact.METADATA).read_text())
-    except (OSError, ValueError):
+        metadata = json.loads(read_text(meta_path)) if is_file(meta_path) else None
+    except ValueError:  # damaged: made again
+        metadata = None
+    if metadata is None:
         return None
-    whole = all(any((out_dir / level).glob("*.parquet")) for level in inputs["levels"])
+    whole = all(glob(join(out_dir, f"{level}/*.parquet")) for level in inputs["levels"])
     if metadata.get("inputs") != inputs or metadata.get("format") != artifact.FORMAT_VERSION or not whole:
         return None
     prompts = int(metadata.get("counts", {}).get("prompts", 0))
     return {**_cached_counts(prompts, started), "discarded_cache_chunks": 0, "up_to_date": 1}
 
 
-def _metadata(spec: ModelSpec, templates, dataset_dir, staging: pathlib.Path, counts, levels, inputs) -> dict:
-    first_shard = sorted((staging / artifact.SCENARIO).glob("*.parquet"))[0]
-    dim = len(pq.read_table(first_shard, columns=["vector"]).column("vector")[0].as_py())
+def _metadata(spec: ModelSpec, templates, dataset_dir, staging: str, counts, levels, inputs) -> dict:
+    first_shard = glob(join(staging, f"{artifact.SCENARIO}/*.parquet"))[0]
+    dim = len(artifact.read_parquet(first_shard, columns=["vector"]).column("vector")[0].as_py())
     return {"fingerprint": spec.fingerprint, "template_version": combined_version(templates),
             "templates": {level: {"path": t.path, "version": t.version} for level, t in templates.items()},
             "dim": dim, "model": spec.describe(), "dataset": str(dataset_dir), "counts": counts,
