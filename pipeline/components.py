@@ -152,15 +152,11 @@ def KnowledgeJoiner(
 ) -> None:
     """Joins knowledge vectors to examples; users (items) the extraction never saw get the cold-start
     vector. Stops, with the anomalies listed, when the ExampleValidator did not bless the data."""
-    from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
+    from llm4msr.pipeline.knowledge.artifact import ITEM, SCENARIO, USER, read_knowledge
 
     del code_fingerprint
     raise_on_anomalies(anomalies)
-    store = read_knowledge(knowledge.uri)
-
-    def keyed_vectors(records):
-        return [(key, record.vector.tolist()) for key, record in records.items() if key != COLD_START_ID]
-    user_vectors = keyed_vectors(store.users)
+    store = read_knowledge(knowledge.uri, whole=[SCENARIO])  # user and item rows: read by the job below
     scenario_vectors = {sid: record.vector.tolist() for sid, record in store.scenarios.items()}
     default_user = store.default_user_vector.tolist()
     names = KNOWLEDGE_FEATURES if store.has_items else (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE)
@@ -168,7 +164,7 @@ def KnowledgeJoiner(
     _mark_examples(joined_examples)
     copy_tree(knowledge.uri, os.path.join(joined_examples.uri, JOINED_KNOWLEDGE_DIR))
     with beam_pipeline as pipeline:
-        users = pipeline | "UserKnowledge" >> beam.Create(user_vectors)
+        users = pipeline | "UserKnowledge" >> _KnowledgeRows(knowledge.uri, USER)
         scenarios = pipeline | "ScenarioKnowledge" >> beam.Create([scenario_vectors])
         # the splits joined in one pass, each example tagged with its split: a join per split and
         # level was 6 shuffles, whose fixed cost was most of the joiner's time on small data
@@ -184,7 +180,7 @@ def KnowledgeJoiner(
                   | "AddUserKnowledge" >> beam.FlatMap(_add_vector, USER_KNOWLEDGE, default_user,
                                                        beam.pvalue.AsSingleton(scenarios)))
         if store.has_items:
-            items = pipeline | "ItemKnowledge" >> beam.Create(keyed_vectors(store.items))
+            items = pipeline | "ItemKnowledge" >> _KnowledgeRows(knowledge.uri, ITEM)
             joined = ({"examples": joined | "KeyByItem" >> beam.Map(_key_by, "item_id"), "knowledge": items}
                       | "JoinItems" >> beam.CoGroupByKey()
                       | "AddItemKnowledge" >> beam.FlatMap(_add_vector, ITEM_KNOWLEDGE,
@@ -192,6 +188,20 @@ def KnowledgeJoiner(
         by_split = joined | "BySplit" >> beam.Partition(lambda tagged, _: SPLITS.index(tagged[0]), len(SPLITS))
         for split, part in zip(SPLITS, by_split):
             _ = part | f"Untag[{split}]" >> beam.Values() | f"Write[{split}]" >> _write_split(joined_examples, split)
+
+
+class _KnowledgeRows(beam.PTransform):
+    """(id, vector) of one knowledge level but its cold-start row, read from its Parquet shards."""
+
+    def __init__(self, folder: str, level: str):
+        super().__init__()
+        self.pattern = join(folder, f"{level}/*.parquet")
+
+    def expand(self, pbegin):
+        from llm4msr.pipeline.knowledge.artifact import COLD_START_ID
+
+        return (pbegin | "Read" >> beam.io.ReadFromParquet(self.pattern, columns=["id", "vector"])
+                | "Keyed" >> beam.FlatMap(lambda row: [] if row["id"] == COLD_START_ID else [(row["id"], row["vector"])]))
 
 
 def _key_by(tagged: Tuple[str, bytes], feature: str) -> Tuple[str, Tuple[str, bytes]]:

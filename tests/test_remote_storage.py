@@ -5,6 +5,7 @@ TensorFlow reaches s3:// through tensorflow-io's plugin (`tf.io.gfile`), Beam th
 file system (the `--s3_*` options). The commands run as a user runs them, in their own processes;
 this process reads the bucket back with boto3 only, so what it checks is what the storage holds.
 """
+import json
 import os
 import pathlib
 import re
@@ -129,3 +130,43 @@ def test_the_knowledge_job_reads_and_writes_s3_and_its_cache_there_serves_a_reru
     again = read_knowledge(_download(client, "knowledge/", tmp_path / "second"))
     assert {u: r.vector.tolist() for u, r in again.users.items()} == \
         {u: r.vector.tolist() for u, r in knowledge.users.items()}
+
+
+def test_the_pipeline_runs_with_data_root_cache_and_serving_dir_on_s3(s3, data_on_s3, tmp_path):
+    """`llm4msr pipeline run` with every location an s3:// URI (ML Metadata's SQLite stays local):
+    each component's artifacts are in the bucket, and the version pushed there loads and scores."""
+    import numpy as np
+    import tensorflow as tf
+
+    from llm4msr.serving.knowledge_store import PushedKnowledgeStore
+
+    environment, beam_flags, client = s3
+    config = {"dataset_dir": data_on_s3, "root": f"s3://{BUCKET}/pipeline", "serving_dir": f"s3://{BUCKET}/serving",
+              "knowledge_cache_dir": f"s3://{BUCKET}/cache", "metadata_dir": str(tmp_path / "metadata"),
+              "model": {"backbone": "shared_bottom", "knowledge": "both"}, "training": {"epochs": 1, "batch_size": 256},
+              "beam_args": ["--direct_running_mode=in_memory", *beam_flags],
+              # the tiny fixture's scenario S2 has ~25 test examples: the bounds are tested in test_pipeline_e2e
+              "auc_floor": 0.0, "calibration_band": [0.2, 5.0], "max_normalized_logloss": 2.0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    report = tmp_path / "report.json"
+    _run(environment, "pipeline", "run", "--config", str(tmp_path / "config.json"), "--report", str(report))
+
+    components = {row["component"]: row["state"] for row in json.loads(report.read_text())["components"]}
+    assert {"CanonicalExampleGen", "KnowledgeExtractor", "KnowledgeJoiner", "Transform", "Trainer", "Evaluator",
+            "Pusher"} <= set(components) and set(components.values()) == {"COMPLETE"}
+    outputs = {key.split("/")[2] for key in _keys(client, "pipeline/artifacts/")}
+    assert {"CanonicalExampleGen", "KnowledgeExtractor", "StatisticsGen", "KnowledgeJoiner", "Transform", "Trainer",
+            "Evaluator", "Pusher"} <= outputs
+    assert (tmp_path / "metadata" / "metadata.sqlite").is_file()
+
+    served = _download(client, "serving/", tmp_path / "serving")
+    store = PushedKnowledgeStore.latest(served)
+    version = served / str(store.version)
+    assert (version / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    model = tf.saved_model.load(str(version))
+    users = sorted(u for u in store.users if not u.startswith("<"))[:4]
+    scores = model.signatures["predict_raw"](
+        user_id=tf.constant(users), item_id=tf.constant(["1"] * 4), scenario=tf.constant(["S0"] * 4),
+        user_knowledge=tf.constant(np.stack([store.user_vector(u) for u in users])),
+        scenario_knowledge=tf.constant(np.stack([store.scenario_vector("S0")] * 4)))["probability"].numpy()
+    assert scores.shape == (4, 1) and np.all((scores > 0) & (scores < 1))

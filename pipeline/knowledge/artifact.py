@@ -14,7 +14,7 @@ Shards (`*.parquet`) may be written by Beam (`WriteToParquet`) or by `write_know
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -109,8 +109,10 @@ class Knowledge:
         return np.stack([self.scenario_vector(s) for s in scenario_ids]).astype(np.float32)
 
 
-def read_knowledge(folder) -> Knowledge:
-    """The knowledge folder at `folder` (a local path or a URI), checked whole."""
+def read_knowledge(folder, whole: Sequence[str] = LEVELS) -> Knowledge:
+    """The knowledge folder at `folder` (a local path or a URI), checked. The levels not in `whole`
+    are read for their cold-start row only: a Beam job that streams their rows itself (the joiner)
+    needs no more in the launching process, whatever the number of users or items."""
     folder = str(folder)
     meta_path = join(folder, METADATA)
     if not is_file(meta_path):
@@ -119,7 +121,8 @@ def read_knowledge(folder) -> Knowledge:
     metadata = json.loads(read_text(meta_path))
     if metadata.get("format") != FORMAT_VERSION:
         raise UserFacingError(f"{meta_path}: knowledge format {metadata.get('format')!r}, expected {FORMAT_VERSION}")
-    users, scenarios, items = (_read_level(folder, level) for level in LEVELS)
+    users, scenarios, items = (_read_level(folder, level, None if level in whole else COLD_START_ID)
+                               for level in LEVELS)
     for level, records in ((USER, users), (ITEM, items)):
         if (level == USER or records) and COLD_START_ID not in records:
             raise UserFacingError(f"{folder}/{level}: no cold-start row ({COLD_START_ID!r}) for unknown {level}s")
@@ -173,11 +176,12 @@ def _write_shard(table: pa.Table, folder, level: str) -> None:
         handle.write(buffer.getvalue())
 
 
-def read_parquet(path, columns=None) -> pa.Table:
-    """A Parquet file, local (memory-mapped) or remote (read whole: object stores do not seek cheaply)."""
-    if is_uri(path):
-        return pq.read_table(io.BytesIO(read_bytes(path)), columns=columns, schema=None if columns else SCHEMA)
-    return pq.read_table(path, columns=columns, schema=None if columns else SCHEMA)
+def read_parquet(path, columns=None, only_id: Optional[str] = None) -> pa.Table:
+    """A Parquet file (the row of `only_id` alone, if given), local or remote (read whole first:
+    object stores do not seek cheaply)."""
+    source = io.BytesIO(read_bytes(path)) if is_uri(path) else path
+    return pq.read_table(source, columns=columns, schema=None if columns else SCHEMA,
+                         filters=None if only_id is None else [("id", "=", only_id)])
 
 
 def records_to_table(records: Iterable[KnowledgeRecord]) -> pa.Table:
@@ -191,10 +195,10 @@ def records_to_table(records: Iterable[KnowledgeRecord]) -> pa.Table:
     }, schema=SCHEMA)
 
 
-def _read_level(folder: str, level: str) -> Dict[str, KnowledgeRecord]:
+def _read_level(folder: str, level: str, only_id: Optional[str] = None) -> Dict[str, KnowledgeRecord]:
     records = {}
     for shard in glob(join(folder, f"{level}/*.parquet")):
-        table = read_parquet(shard)
+        table = read_parquet(shard, only_id=only_id)
         vectors = table.column("vector").to_pylist()
         for row, vector in zip(table.drop(["vector"]).to_pylist(), vectors):
             records[row["id"]] = KnowledgeRecord(vector=np.asarray(vector, np.float32), **row)

@@ -37,15 +37,16 @@ LOCAL_INFERENCE_WORKER = ["--direct_running_mode=multi_processing", "--direct_nu
 INFERENCE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # a value the user set wins
 
 
-def run_job(prompts: List[Prompt], cache: KnowledgeCache, cached: Dict[str, str], out_dir: str, spec: ModelSpec,
-            batch_size: int, bucket_by_length: bool, levels: Sequence[str],
+def run_job(prompts: List[Prompt], prompts_file: str, cache: KnowledgeCache, cached: Dict[str, str], out_dir: str,
+            spec: ModelSpec, batch_size: int, bucket_by_length: bool, levels: Sequence[str],
             beam_pipeline_args: Optional[Sequence[str]], progress: bool, started: float) -> Dict[str, float]:
     """Runs the job into `out_dir` (a staging folder) and returns its counts (see `extract_knowledge`);
-    `cached` is `cache.index()`."""
+    `prompts` are the lines of `prompts_file` (JSON lines), which the job reads; `cached` is `cache.index()`."""
     pending = len({_key(p) for p in prompts} - set(cached))
     options = PipelineOptions(pipeline_args(beam_pipeline_args, pending))
     pipeline = beam.Pipeline(options=options)
-    _ = pipeline | ExtractKnowledge(prompts, cached, spec, cache, str(out_dir), batch_size, bucket_by_length, levels)
+    _ = pipeline | ExtractKnowledge(prompts_file, cached, spec, cache, str(out_dir), batch_size, bucket_by_length,
+                                    levels)
     in_memory = options.view_as(DirectOptions).direct_running_mode == "in_memory"
     worker_variables = {} if in_memory else INFERENCE_ENVIRONMENT  # never this process's own
     with _ProgressBar(cache, pending, enabled=progress), _worker_environment(worker_variables):
@@ -83,17 +84,18 @@ def _worker_environment(variables: Dict[str, str]):
 
 
 class ExtractKnowledge(beam.PTransform):
-    """The whole job as one composite transform (root: it creates its own inputs)."""
+    """The whole job as one composite transform (root: it reads the prompts from `prompts_file`,
+    one JSON object per line, so that they are read by the workers, not shipped in the job's graph)."""
 
-    def __init__(self, prompts: List[Prompt], cached: Dict[str, str], spec: ModelSpec, cache: KnowledgeCache,
+    def __init__(self, prompts_file: str, cached: Dict[str, str], spec: ModelSpec, cache: KnowledgeCache,
                  out_dir: str, batch_size: int, bucket_by_length: bool, levels: Sequence[str] = artifact.LEVELS):
         super().__init__()
-        self.prompts, self.cached, self.spec, self.cache = prompts, cached, spec, cache
+        self.prompts_file, self.cached, self.spec, self.cache = prompts_file, cached, spec, cache
         self.out_dir, self.batch_size, self.bucket_by_length = out_dir, batch_size, bucket_by_length
         self.levels = list(levels)
 
     def expand(self, pbegin):
-        keyed = (pbegin | "Prompts" >> beam.Create(self.prompts)
+        keyed = (pbegin | "Prompts" >> beam.io.ReadFromText(self.prompts_file) | "Parse" >> beam.Map(Prompt.from_json)
                  | "CacheKey" >> beam.Map(lambda prompt: (_key(prompt), prompt)))
         misses, hits = keyed | "CacheLookup" >> beam.Partition(
             lambda element, _, cached: int(element[0] in cached), 2, cached=self.cached)

@@ -8,11 +8,10 @@ current and does nothing: no Beam, no TensorFlow, no tokenizer. A run into a new
 prompts are all cached reads the prompts built last time for the same inputs (the cache keeps them)
 and writes the artifact from the cache, again without Beam, TensorFlow or tokenizer.
 """
-import dataclasses
 import datetime
 import json
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from llm4msr.files import (absolute, glob, is_file, join, read_text, remove_tree, replace_dir, source_fingerprint, staging_dir,
                            write_file)
@@ -46,7 +45,7 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
     if current is not None:
         return current
     cache = KnowledgeCache(cache_dir or default_cache_dir(), spec.fingerprint)
-    prompts = _prompts(dataset_dir, loaded, spec, levels, inputs, cache)
+    prompts, prompts_file = _prompts(dataset_dir, loaded, spec, levels, inputs, cache)
     cached = cache.index()
     staging = staging_dir(out_dir)
     try:
@@ -55,8 +54,9 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
         else:
             from llm4msr.pipeline.knowledge import beam_job  # imports Beam (seconds): only when there is work
 
-            counts = {**beam_job.run_job(prompts, cache, cached, staging, spec, batch_size, bucket_by_length, levels,
-                                         beam_pipeline_args, progress, started), "up_to_date": 0}
+            counts = {**beam_job.run_job(prompts, prompts_file, cache, cached, staging, spec, batch_size,
+                                         bucket_by_length, levels, beam_pipeline_args, progress, started),
+                      "up_to_date": 0}
         artifact.write_metadata(staging, _metadata(spec, loaded, dataset_dir, staging, counts, levels, inputs))
         replace_dir(staging, out_dir)
     finally:
@@ -65,20 +65,21 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
 
 
 def _prompts(dataset_dir, templates, spec: ModelSpec, levels: Sequence[str], inputs: dict,
-             cache: KnowledgeCache) -> List[Prompt]:
-    """The data set's prompts. Building them reads the data set and counts tokens to fit the budget
-    (most of a fully cached run's time), so the cache keeps them under the artifact's inputs and a
-    later run with the same inputs reads them back."""
+             cache: KnowledgeCache) -> Tuple[List[Prompt], str]:
+    """The data set's prompts and the file holding them (JSON lines, which the Beam job reads).
+    Building them reads the data set and counts tokens to fit the budget (most of a fully cached
+    run's time), so the cache keeps the file under the artifact's inputs and a later run with the
+    same inputs reads it back."""
     manifest = cache.prompts_manifest(json.dumps({**inputs, "prompt_budget": spec.prompt_budget}, sort_keys=True))
     try:
         if is_file(manifest):
-            return [Prompt(**fields) for fields in json.loads(read_text(manifest))]
-    except (OSError, ValueError, TypeError):  # not readable: built again
+            return [Prompt.from_json(line) for line in read_text(manifest).split("\n") if line], manifest
+    except (OSError, ValueError, TypeError):  # not readable (or an older format): built again
         pass
     prompts = build_prompts(read_dataset(dataset_dir), templates, token_counter(load_tokenizer(spec)),
                             spec.prompt_budget, levels)
-    write_file(manifest, json.dumps([dataclasses.asdict(prompt) for prompt in prompts]))
-    return prompts
+    write_file(manifest, "".join(prompt.to_json() + "\n" for prompt in prompts))
+    return prompts, manifest
 
 
 def _write_from_cache(prompts, cache: KnowledgeCache, cached: Dict[str, str], staging: str,

@@ -2,7 +2,9 @@
 "Splits and leakage"): scenario and item statistics from the train split; a user's prompt from
 their `history` rows when they have any (regimes new_users, prompt_history), else their train rows.
 User prompts are trimmed to a token budget by dropping whole history items, oldest first."""
+import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -33,6 +35,15 @@ class Prompt:
     @property
     def prompt_hash(self) -> str:
         return prompt_hash(self.text)
+
+    def to_json(self) -> str:
+        """One line of a prompts file (the Beam job reads prompts from one, not from its graph); ASCII,
+        so no character of a prompt can break the line."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> "Prompt":
+        return cls(**json.loads(line))
 
 
 @dataclass(frozen=True)
