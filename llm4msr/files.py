@@ -48,10 +48,21 @@ def _gfile(path: str = ""):
     return tf.io.gfile
 
 
+def _needs_plugins(path) -> bool:
+    return is_uri(path) and path.split("://", 1)[0].lower() in PLUGIN_SCHEMES
+
+
+def beam_plugin_flags(paths) -> list:
+    """Beam flags that load the file system plugins `paths` need in every Beam worker process:
+    `--beam_plugin` imports a module in each worker before it runs any of the job's code (TFX's
+    code inside the workers then reads and writes s3:// through tf.io.gfile too)."""
+    return ["--beam_plugin=tensorflow_io"] if any(_needs_plugins(path) for path in paths) else []
+
+
 def load_file_system_plugins(path: str) -> None:
     """Registers tensorflow-io's file systems with `tf.io.gfile` in this process when `path` is on
     one of them (s3://, az://); TensorFlow's own (local, gs://, hdfs://) need nothing."""
-    if not is_uri(path) or path.split("://", 1)[0].lower() not in PLUGIN_SCHEMES or "tensorflow_io" in sys.modules:
+    if not _needs_plugins(path) or "tensorflow_io" in sys.modules:
         return
     try:
         import tensorflow_io  # noqa: F401  (the import registers the file systems)

@@ -49,7 +49,7 @@ def first_run(workspace):
 
 
 def _latest(workspace, component, output) -> pathlib.Path:
-    return runner._latest_output(_config(workspace), component, output)
+    return pathlib.Path(runner._latest_output(_config(workspace), component, output))
 
 
 def _records(split_dir: pathlib.Path):

@@ -13,7 +13,7 @@ import json
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from llm4msr.files import (absolute, glob, is_file, join, read_text, remove_tree, replace_dir, source_fingerprint, staging_dir,
+from llm4msr.files import (absolute, beam_plugin_flags, glob, is_file, join, read_text, remove_tree, replace_dir, source_fingerprint, staging_dir,
                            write_file)
 from llm4msr.pipeline.data.canonical import dataset_fingerprint, read_dataset
 from llm4msr.pipeline.knowledge import artifact, prompts as prompts_module, templates as templates_module
@@ -54,8 +54,9 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
         else:
             from llm4msr.pipeline.knowledge import beam_job  # imports Beam (seconds): only when there is work
 
+            flags = [*(beam_pipeline_args or []), *beam_plugin_flags([dataset_dir, out_dir, cache.folder])]
             counts = {**beam_job.run_job(prompts, prompts_file, cache, cached, staging, spec, batch_size,
-                                         bucket_by_length, levels, beam_pipeline_args, progress, started),
+                                         bucket_by_length, levels, flags, progress, started),
                       "up_to_date": 0}
         artifact.write_metadata(staging, _metadata(spec, loaded, dataset_dir, staging, counts, levels, inputs))
         replace_dir(staging, out_dir)
