@@ -2,17 +2,18 @@
 catalogue of I items, through each stage of the pipeline's data path, timed on this machine.
 
     python bench/bench_scale.py [--users 2000 10000] [--items 100000] [--per-user 50]
-                                [--llm-sample 1024] [--work /tmp/llm4msr-scale]
+                                [--extraction-users 1000] [--work /tmp/llm4msr-scale]
 
 For every U: writing the canonical set (`write_dataset`), building every prompt (the tokenizer
 counts tokens to fit the budget; the dedupe rate is the share of prompts whose text another prompt
 already has), CanonicalExampleGen and KnowledgeJoiner (the components' own functions on the Beam
 DirectRunner with one worker process per core, as `configs/default.yaml` runs them), and one epoch
 of `llm4msr train`'s loop (Shared-Bottom, user knowledge, batch 4096; its in-memory Transform
-included). The LLM itself runs once, on a sample of the user prompts (seconds and tokens per
-prompt, cache bytes per prompt): on this machine extraction is the stage that cannot run at 1M users
-(see the estimate the script prints); the joiner and the training get random 384-wide vectors
-for every user instead, which cost them what real ones would.
+included). The knowledge job itself (`extract_knowledge`: its Beam worker, the frozen LLM, the
+cache) runs once, on the first users' prompts (seconds and tokens per prompt, cache bytes per
+prompt): extraction is the stage this machine cannot run at 1M users (docs/SCALING.md has the
+estimate); the joiner and the training get random 384-wide vectors for every user instead, which
+cost them what real ones would.
 Synthetic users have distinct random histories, so the dedupe rate here is a floor, not a forecast.
 """
 import argparse
@@ -162,30 +163,23 @@ def train_one_epoch(data_dir: str, knowledge_dir: str) -> dict:
                  TrainConfig(epochs=1, batch_size=4096), verbose=0)
 
 
-def llm_sample(prompts, sample: int) -> dict:
-    """The frozen LLM on `sample` user prompts (length-sorted batches of 64, as the job runs them)."""
-    import tempfile
+def extraction_sample(dataset, users: int, work: pathlib.Path) -> dict:
+    """The knowledge job itself (its Beam worker process, the cache) on the first `users` users'
+    rows (every item kept, so the set stays valid), from an empty cache."""
+    from llm4msr.pipeline.data.canonical import Dataset, write_dataset
+    from llm4msr.pipeline.knowledge.extract import extract_knowledge
 
-    from llm4msr.pipeline.knowledge.cache import KnowledgeCache
-    from llm4msr.pipeline.knowledge.llm import load_backend, resolve_model
-
-    spec = resolve_model("minilm")
-    chosen = sorted((p for p in prompts if p.level == "user"), key=lambda p: p.n_tokens)[:: max(1, len(prompts) // sample)][:sample]
-    model = load_backend(spec)
-    model.embed([chosen[0].text])  # traced once, as a worker's first batch
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as cache_root:
-        cache = KnowledgeCache(cache_root, spec.fingerprint)
-        for start in range(0, len(chosen), 64):
-            batch = chosen[start:start + 64]
-            vectors, texts = model.embed([p.text for p in batch])
-            cache.write([p.prompt_hash for p in batch], vectors, texts)
-        seconds = time.perf_counter() - started
-        cache_bytes = folder_bytes(cache.folder)
-    tokens = sum(min(p.n_tokens, spec.prompt_budget) for p in chosen)
-    return {"prompts": len(chosen), "seconds": round(seconds, 2), "seconds_per_prompt": seconds / len(chosen),
-            "tokens_per_prompt": tokens / len(chosen), "tokens_per_second": tokens / seconds,
-            "cache_bytes_per_prompt": cache_bytes / len(chosen), "precision": spec.precision}
+    kept = dataset.interactions["user_id"].isin(dataset.interactions["user_id"].unique()[:users])
+    sample = Dataset(dataset.interactions[kept].reset_index(drop=True), dataset.items, dataset.scenarios,
+                     manifest=dataset.manifest)
+    data_dir = write_dataset(sample, str(work / "sample-data"))
+    counts = extract_knowledge(data_dir, str(work / "sample-knowledge"), cache_dir=str(work / "sample-cache"),
+                               levels=["user", "scenario"], progress=False)
+    return {"prompts": counts["prompts"], "inferences": counts["inferences"], "seconds": counts["seconds"],
+            "inference_seconds": counts["inference_seconds"], "tokens": counts["tokens"],
+            "tokens_per_second": round(counts["tokens"] / max(counts["inference_seconds"], 1e-9)),
+            "seconds_per_prompt": round(counts["seconds"] / counts["inferences"], 4),
+            "cache_bytes_per_prompt": round(folder_bytes(work / "sample-cache") / counts["inferences"])}
 
 
 def main(argv=None) -> int:
@@ -193,7 +187,8 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, nargs="+", default=[2000, 10000])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--per-user", type=int, default=50)
-    parser.add_argument("--llm-sample", type=int, default=1024)
+    parser.add_argument("--extraction-users", type=int, default=1000,
+                        help="users whose prompts the knowledge job embeds (once, at the first size)")
     parser.add_argument("--work", default="/tmp/llm4msr-scale")
     parser.add_argument("--out", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -215,8 +210,9 @@ def main(argv=None) -> int:
         texts = [p.text for p in prompts]
         run.update(prompts=len(prompts), dedupe_rate=round(1 - len(set(texts)) / len(texts), 4),
                    prompt_tokens_mean=round(float(np.mean([p.n_tokens for p in prompts])), 1))
-        if "llm" not in figures:
-            figures["llm"] = timed("LLM on a sample", seconds, llm_sample, prompts, args.llm_sample)
+        if "extraction" not in figures:
+            figures["extraction"] = timed("extraction (sample)", seconds, extraction_sample, dataset,
+                                          args.extraction_users, work)
         knowledge_dir = timed("random knowledge (store)", seconds, random_knowledge, dataset, str(work / "knowledge"))
         run["store_bytes"] = folder_bytes(knowledge_dir)
         examples = timed("CanonicalExampleGen", seconds, run_example_gen, data_dir, work / "examples")
