@@ -6,6 +6,7 @@ import threading
 
 from llm4msr.errors import UserFacingError
 from llm4msr.contract import MODEL_NAME
+from llm4msr.files import is_file, join, open_file
 from llm4msr.serving.layout import DEFAULT_MAX_BATCH, DEFAULT_MODEL_DIR
 
 
@@ -124,10 +125,11 @@ def _titles(data_dir) -> dict:
         return {}
     import pandas as pd
 
-    path = pathlib.Path(data_dir) / "items.csv"
-    if not path.is_file():
+    path = join(data_dir, "items.csv")
+    if not is_file(path):
         raise UserFacingError(f"{path} is missing (--data takes a canonical data set folder)")
-    items = pd.read_csv(path, dtype={"item_id": str}, usecols=["item_id", "title"], keep_default_na=False)
+    with open_file(path) as handle:
+        items = pd.read_csv(handle, dtype={"item_id": str}, usecols=["item_id", "title"], keep_default_na=False)
     return dict(zip(items["item_id"], items["title"]))
 
 
@@ -136,11 +138,11 @@ def _unseen_in_scenario(data_dir, user: str, scenario: str, candidates: list) ->
     items) and that the user has not interacted with in training."""
     import pandas as pd
 
-    path = pathlib.Path(data_dir) / "interactions.csv"
-    if not path.is_file():  # items.csv alone: titles, but nothing to filter by
+    path = join(data_dir, "interactions.csv")
+    if not is_file(path):  # items.csv alone: titles, but nothing to filter by
         return candidates
-    frame = pd.read_csv(path, dtype=str,
-                        usecols=["user_id", "item_id", "scenario", "split"])
+    with open_file(path) as handle:
+        frame = pd.read_csv(handle, dtype=str, usecols=["user_id", "item_id", "scenario", "split"])
     in_scenario = set(frame.loc[frame["scenario"] == scenario, "item_id"])
     seen = set(frame.loc[(frame["user_id"] == user) & (frame["split"] == "train"), "item_id"])
     kept = [item for item in candidates if item in in_scenario and item not in seen]
