@@ -55,3 +55,25 @@ def test_a_folder_that_is_not_ours_is_refused_before_any_work(place, tmp_path):
         staging_dir(place("a_file"))
     assert (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"
     assert sorted(os.listdir(tmp_path)) == ["a_file", "theirs"]
+
+
+def test_the_readers_and_tree_helpers_agree_on_local_paths_and_uris(place, tmp_path):
+    from llm4msr.files import (copy_tree, entry_names, exists, file_names, glob, is_dir, is_file, join, makedirs,
+                               read_text, remove_file, remove_tree)
+
+    makedirs(place("a/b"))
+    write_file(place("a/x.txt"), "x")
+    write_file(place("a/b/y.txt"), "y")
+    assert entry_names(place("a")) == ["b", "x.txt"] and file_names(place("a")) == ["x.txt"]
+    assert is_dir(place("a/b")) and is_file(place("a/x.txt")) and not is_file(place("a/b"))
+    copy_tree(place("a"), place("c"))
+    assert sorted(os.path.relpath(os.path.join(d, f), tmp_path / "c") for d, _, fs in os.walk(tmp_path / "c")
+                  for f in fs) == ["b/y.txt", "x.txt"]
+    assert read_text(join(place("c"), "b/y.txt")) == "y"
+    assert glob(join(place("c"), "*.txt")) == [place("c/x.txt")]
+    remove_file(place("c/x.txt"))
+    remove_file(place("c/x.txt"))  # a missing file is no error
+    assert not exists(place("c/x.txt"))
+    remove_tree(place("c"))
+    remove_tree(place("c"))
+    assert not exists(place("c")) and exists(place("a/b/y.txt"))
