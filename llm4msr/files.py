@@ -6,8 +6,8 @@ target); `staging_dir` + `replace_dir` for folders. Every writer of the project 
 Paths are local paths (`str` or `pathlib.Path`) or URIs (`gs://b/x`, `s3://b/x`, `hdfs://...`,
 `file:///x`) given as `str`; URIs go through `tf.io.gfile` (imported only for them, so local work
 such as a cached knowledge run needs no TensorFlow), `s3://` through tensorflow-io's plugin. The
-readers below (`exists`, `glob`, `read_bytes`, ...) are the one way the project reads either. A rename is atomic where the storage's rename
-is (local disks, HDFS); on object stores (GCS, S3) a folder's rename copies object by object,
+readers below (`exists`, `glob`, `read_bytes`, ...) are the one way the project reads either.
+A rename is atomic where the storage's rename is (local disks, HDFS); on object stores (GCS, S3) a folder's rename copies object by object,
 and what publishes a pipeline output there is its TFX artifact turning LIVE in ML Metadata after
 the component finished."""
 import glob as local_glob
@@ -52,11 +52,13 @@ def _needs_plugins(path) -> bool:
     return is_uri(path) and path.split("://", 1)[0].lower() in PLUGIN_SCHEMES
 
 
-def beam_plugin_flags(paths) -> list:
-    """Beam flags that load the file system plugins `paths` need in every Beam worker process:
-    `--beam_plugin` imports a module in each worker before it runs any of the job's code (TFX's
-    code inside the workers then reads and writes s3:// through tf.io.gfile too)."""
-    return ["--beam_plugin=tensorflow_io"] if any(_needs_plugins(path) for path in paths) else []
+def with_beam_plugins(flags, paths) -> list:
+    """Beam `flags` plus what loads the file system plugins `paths` need in every Beam worker
+    process: `--beam_plugin` imports a module in each worker before it runs any of the job's code
+    (TFX's code inside the workers then reads and writes s3:// through tf.io.gfile too)."""
+    flags = list(flags or [])
+    plugin = "--beam_plugin=tensorflow_io"
+    return flags + [plugin] if any(map(_needs_plugins, paths)) and plugin not in flags else flags
 
 
 def load_file_system_plugins(path: str) -> None:
@@ -80,6 +82,11 @@ def uses_file_system_plugins() -> bool:
 def join(folder, name: str) -> str:
     """`folder/name` for a local path or a URI."""
     return f"{str(folder).rstrip('/')}/{name}" if is_uri(folder) else os.path.join(folder, name)
+
+
+def parent(path) -> str:
+    """The folder holding `path` (a local path or a URI)."""
+    return str(path).rstrip("/").rsplit("/", 1)[0] if is_uri(path) else os.path.dirname(os.path.abspath(path))
 
 
 def absolute(path) -> str:
@@ -303,7 +310,7 @@ def write_file(path, data):
 
 def _write_file_uri(path: str, data) -> str:
     gfile = _gfile(path)
-    gfile.makedirs(path.rstrip("/").rsplit("/", 1)[0])
+    gfile.makedirs(parent(path))
     tmp = _sibling(path, f".{_basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         with gfile.GFile(tmp, "wb") as handle:

@@ -201,7 +201,8 @@ class _KnowledgeRows(beam.PTransform):
         from llm4msr.pipeline.knowledge.artifact import COLD_START_ID
 
         return (pbegin | "Read" >> beam.io.ReadFromParquet(self.pattern, columns=["id", "vector"])
-                | "Keyed" >> beam.FlatMap(lambda row: [] if row["id"] == COLD_START_ID else [(row["id"], row["vector"])]))
+                | "Keyed" >> beam.FlatMap(
+                    lambda row: [] if row["id"] == COLD_START_ID else [(row["id"], row["vector"])]))
 
 
 def _key_by(tagged: Tuple[str, bytes], feature: str) -> Tuple[str, Tuple[str, bytes]]:

@@ -14,7 +14,7 @@ import llm4msr.serving
 import llm4msr.trainer
 import llm4msr.transform
 from llm4msr.contract import DEFAULT_SIGNATURE, LABEL, PREDICTION_KEY, SCENARIO, TRANSFORM_SIGNATURE
-from llm4msr.files import absolute, beam_plugin_flags, source_fingerprint
+from llm4msr.files import absolute, source_fingerprint, with_beam_plugins
 from llm4msr.pipeline import baseline, components, metrics
 from llm4msr.pipeline.data.canonical import dataset_fingerprint
 from llm4msr.pipeline.config import PipelineConfig
@@ -90,7 +90,7 @@ def create_pipeline(config: PipelineConfig, kubeflow: bool = False) -> tfx.dsl.P
         enable_cache=config.enable_cache,
         metadata_connection_config=None if kubeflow else tfx.orchestration.metadata.sqlite_metadata_connection_config(
             location(config.metadata_path)),
-        beam_pipeline_args=[*config.beam_args, *beam_plugin_flags(config.uris)],
+        beam_pipeline_args=with_beam_plugins(config.beam_args, config.uris),
     )
 
 

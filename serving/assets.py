@@ -10,7 +10,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from llm4msr.contract import (DEFAULT_SIGNATURE, ITEM_KNOWLEDGE, MODEL_NAME, RAW_FEATURES, SCENARIO_KNOWLEDGE,
                               USER_KNOWLEDGE)
-from llm4msr.files import copy_tree, join, makedirs, remove_tree
+from llm4msr.files import copy_tree, join, makedirs, parent, remove_tree
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, read_knowledge
 from llm4msr.serving.client import raw_request
 from llm4msr.serving.knowledge_store import InMemoryKnowledgeStore
@@ -26,13 +26,13 @@ def write_serving_assets(version_dir, knowledge_folder, item_ids: Sequence[str],
     the cold-start user in every scenario, `predict_raw` on `item_ids` and `serving_default` on
     the first of them. `examples` (serialized examples as the pipeline wrote them) warm
     `serving_default` up instead: its examples carry the raw vectors, which a reduced store lacks."""
-    target = join(version_dir, str(KNOWLEDGE_DIR))
+    target = join(version_dir, KNOWLEDGE_DIR)
     remove_tree(target)
     copy_tree(knowledge_folder, target)
     store = InMemoryKnowledgeStore.from_knowledge(read_knowledge(target))
     if samples is None:
         samples = [(COLD_START_ID, scenario, list(item_ids)) for scenario in sorted(store.scenarios)]
-    write_warmup(join(version_dir, str(WARMUP_FILE)), store, list(samples), model_name, examples)
+    write_warmup(join(version_dir, WARMUP_FILE), store, list(samples), model_name, examples)
 
 
 def write_warmup(path, store, samples: Sequence[Sample], model_name: str = MODEL_NAME,
@@ -51,7 +51,7 @@ def write_warmup(path, store, samples: Sequence[Sample], model_name: str = MODEL
         request.model_spec.signature_name = DEFAULT_SIGNATURE
         request.inputs["examples"].CopyFrom(tf.make_tensor_proto(list(examples), tf.string))
         logs.append(request)
-    makedirs(str(path).rstrip("/").rsplit("/", 1)[0])
+    makedirs(parent(path))
     with tf.io.TFRecordWriter(str(path)) as writer:
         for request in logs:
             entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))

@@ -77,3 +77,17 @@ def test_the_readers_and_tree_helpers_agree_on_local_paths_and_uris(place, tmp_p
     remove_tree(place("c"))
     remove_tree(place("c"))
     assert not exists(place("c")) and exists(place("a/b/y.txt"))
+
+
+def test_s3_locations_add_the_plugin_to_beam_once_and_keep_ml_metadata_local():
+    from llm4msr.files import with_beam_plugins
+    from llm4msr.pipeline.config import PipelineConfig
+
+    assert with_beam_plugins(["--runner=DirectRunner"], ["/data", "gs://b/root"]) == ["--runner=DirectRunner"]
+    once = with_beam_plugins([], ["s3://b/root", "s3://b/cache"])
+    assert once == ["--beam_plugin=tensorflow_io"] and with_beam_plugins(once, ["s3://b/root"]) == once
+    remote = PipelineConfig(root="s3://b/root")
+    assert not is_uri(remote.metadata_path) and remote.metadata_path == PipelineConfig(root="s3://b/root").metadata_path
+    assert remote.metadata_path != PipelineConfig(root="s3://b/other").metadata_path
+    assert PipelineConfig(root="runs/x").metadata_path == "runs/x/metadata.sqlite"
+    assert PipelineConfig(root="s3://b/root", metadata_dir="/tmp/m").metadata_path == "/tmp/m/metadata.sqlite"

@@ -338,6 +338,7 @@ def test_missing_data_set_is_a_clear_error(tmp_path):
     ("knowledge_reduction: -4\n", "knowledge_reduction: expected an integer >= 0"),
     ("llm_precision: int8\n", "llm_precision: expected one of auto, float32, bfloat16, got 'int8'"),
     ("training: {distribute: ring}\n", "TrainConfig.distribute: expected one of"),
+    ("metadata_dir: s3://bucket/metadata\n", "metadata_dir: ML Metadata's SQLite store needs a local folder"),
 ])
 def test_a_bad_pipeline_config_is_refused_before_anything_runs(tmp_path, capsys, config, message):
     from llm4msr.cli import main

@@ -13,8 +13,8 @@ import json
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from llm4msr.files import (absolute, beam_plugin_flags, glob, is_file, join, read_text, remove_tree, replace_dir, source_fingerprint, staging_dir,
-                           write_file)
+from llm4msr.files import (absolute, glob, is_file, join, read_text, remove_tree, replace_dir, source_fingerprint,
+                           staging_dir, with_beam_plugins, write_file)
 from llm4msr.pipeline.data.canonical import dataset_fingerprint, read_dataset
 from llm4msr.pipeline.knowledge import artifact, prompts as prompts_module, templates as templates_module
 from llm4msr.pipeline.knowledge.cache import KnowledgeCache, cache_key, default_cache_dir
@@ -54,7 +54,7 @@ def extract_knowledge(dataset_dir, out_dir, model: str = "minilm", cache_dir=Non
         else:
             from llm4msr.pipeline.knowledge import beam_job  # imports Beam (seconds): only when there is work
 
-            flags = [*(beam_pipeline_args or []), *beam_plugin_flags([dataset_dir, out_dir, cache.folder])]
+            flags = with_beam_plugins(beam_pipeline_args, [dataset_dir, out_dir, cache.folder])
             counts = {**beam_job.run_job(prompts, prompts_file, cache, cached, staging, spec, batch_size,
                                          bucket_by_length, levels, flags, progress, started),
                       "up_to_date": 0}
