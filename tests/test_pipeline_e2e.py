@@ -258,6 +258,35 @@ def test_both_paths_see_the_same_features_for_the_same_rows(first_run, workspace
     assert len(set(from_fast["item_category"].tolist())) > 1  # the attributes really vary
 
 
+def test_the_trainer_keeps_small_splits_in_memory_and_streams_large_ones(first_run, workspace):
+    """Cached (the tiny split fits in 1 MB): every epoch sees every train example once, reshuffled;
+    a budget of 0 streams from the files every epoch; both give the same examples."""
+    import tensorflow_transform as tft
+    from tfx.components.util import tfxio_utils
+    from tfx.types import standard_artifacts
+
+    from llm4msr.trainer import run_fn
+
+    examples = standard_artifacts.Examples()
+    examples.uri, examples.split_names = str(_latest(workspace, "KnowledgeJoiner", "joined_examples")), '["train"]'
+    factory = tfxio_utils.get_tf_dataset_factory_from_artifact([examples], [])
+    accessor = type("Accessor", (), {"tf_dataset_factory": staticmethod(factory)})
+    graph = tft.TFTransformOutput(str(_latest(workspace, "Transform", "transform_graph")))
+    files = [examples.uri + "/Split-train/*"]
+    rows = run_fn._count_records(files)
+    assert rows == len(_records(pathlib.Path(examples.uri) / "Split-train")) and rows * run_fn._transformed_row_bytes(
+        graph) < 2**20
+
+    def epochs(budget_mb):
+        data = run_fn._dataset(files, accessor, graph, 64, shuffle=True, seed=0, cache_budget_mb=budget_mb)
+        return [[(int(u), int(i)) for f, _ in data for u, i in zip(f["user_id"].numpy(), f["item_id"].numpy())]
+                for _ in range(2)]
+
+    cached, streamed = epochs(1), epochs(0)
+    assert len(cached[0]) == rows and sorted(cached[0]) == sorted(cached[1]) == sorted(streamed[0])
+    assert cached[0] != cached[1]  # reshuffled every epoch
+
+
 def test_data_violating_a_curated_schema_stops_before_training(first_run, workspace):
     from tensorflow_metadata.proto.v0 import schema_pb2
     from tfx.utils import io_utils

@@ -62,10 +62,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     scenario_ids = read_scenario_ids(config["dataset_dir"])
     spec = input_spec_from_transform(tft_output, len(scenario_ids))
-    train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, training.batch_size,
-                     shuffle=True, seed=training.seed)
-    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, training.batch_size,
-                          shuffle=False, seed=training.seed)
+    train, evaluation = (_dataset(files, fn_args.data_accessor, tft_output, training.batch_size, shuffle=shuffle,
+                                  seed=training.seed, cache_budget_mb=training.example_cache_mb)
+                         for files, shuffle in ((fn_args.train_files, True), (fn_args.eval_files, False)))
     if fn_args.eval_steps:
         evaluation = evaluation.take(fn_args.eval_steps)
     callbacks = []
@@ -108,15 +107,41 @@ def resolve_settings(custom_config: dict, fn_args) -> Tuple[ModelConfig, TrainCo
     return ModelConfig.from_dict(model), TrainConfig.from_dict(training)
 
 
-def _dataset(files, data_accessor, tft_output, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Raw joined examples -> (transformed features, label) batches."""
-    options = tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL, num_epochs=1, shuffle=shuffle,
-                                             shuffle_buffer_size=100_000 if shuffle else 1, shuffle_seed=seed)
+def _dataset(files, data_accessor, tft_output, batch_size: int, shuffle: bool, seed: int,
+             cache_budget_mb: int = 0) -> tf.data.Dataset:
+    """Raw joined examples -> (transformed features, label) batches.
+
+    When the split's transformed examples fit in `cache_budget_mb`, the first epoch reads, parses and
+    transforms them and keeps them in memory; later epochs replay them, shuffled example by example
+    (a full shuffle, as the streaming path's). Otherwise every epoch streams from the files."""
+    rows = _count_records(files) if cache_budget_mb > 0 else 0
+    cached = 0 < rows * _transformed_row_bytes(tft_output) <= cache_budget_mb * 2**20
+    options = tfxio.TensorFlowDatasetOptions(
+        batch_size=batch_size, label_key=LABEL, num_epochs=1, shuffle=shuffle and not cached,
+        shuffle_buffer_size=100_000 if shuffle else 1, shuffle_seed=seed)
     raw = data_accessor.tf_dataset_factory(files, options, tft_output.raw_metadata.schema)
     transform = tft_output.transform_features_layer()
     # not through AutoGraph: converting the Transform layer's call took 13 s of the tiny fixture's Trainer
     apply = tf.autograph.experimental.do_not_convert(lambda features, label: (transform(features), label))
-    return raw.map(apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    batches = raw.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    if cached:
+        batches = batches.cache()
+        if shuffle:
+            batches = batches.unbatch().shuffle(rows, seed=seed).batch(batch_size)
+    return batches.prefetch(2)
+
+
+def _count_records(patterns) -> int:
+    files = [name for pattern in patterns for name in tf.io.gfile.glob(pattern)]
+    compression = "GZIP" if files and files[0].endswith(".gz") else ""
+    return int(tf.data.TFRecordDataset(files, compression_type=compression).reduce(
+        np.int64(0), lambda count, _: count + 1).numpy())
+
+
+def _transformed_row_bytes(tft_output) -> int:
+    """The memory one transformed example and its label take."""
+    return 4 + sum(int(np.prod(spec.shape or [1])) * spec.dtype.size
+                   for spec in tft_output.transformed_feature_spec().values())
 
 
 def _examples_root(split_files) -> str:

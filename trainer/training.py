@@ -36,11 +36,16 @@ class TrainConfig:
     max_steps: Optional[int] = None  # total train steps across epochs (TFX `train_steps`); None: no cap
     calibrate: bool = True  # fit per-scenario Platt scaling on the eval split after training
     distribute: str = "auto"  # "auto" (multi-worker when TF_CONFIG names several workers), "none", "multi_worker"
+    # the Trainer (run_fn): a split's transformed examples are kept in memory after the first epoch
+    # when they take at most this many MB (twice that while shuffled; later epochs skip reading, parsing and the Transform
+    # graph); 0 streams every epoch from the files
+    example_cache_mb: int = 1024
 
     def __post_init__(self):
         for name in ("epochs", "patience", "batch_size"):
             require_positive("TrainConfig", name, getattr(self, name))
         require_positive("TrainConfig", "seed", self.seed, allow_zero=True)
+        require_positive("TrainConfig", "example_cache_mb", self.example_cache_mb, allow_zero=True)
         if self.max_steps is not None:
             require_positive("TrainConfig", "max_steps", self.max_steps)
         if self.distribute not in DISTRIBUTE_MODES:
