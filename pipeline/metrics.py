@@ -39,28 +39,50 @@ class NormalizedLogloss(metric_types.Metric):
 metric_types.register_metric(Logloss)
 metric_types.register_metric(NormalizedLogloss)
 
+# Both metrics derive from one private computation (TFMA runs a computation once for all the
+# metrics that list it, by combiner and key, and leaves `_` names out of its results), so each
+# example's log-likelihood is computed once per slice, not once per metric.
+_SUMS = "_logloss_sums"
+
 
 def _computations(normalized: bool):
     def computations(name: str, eval_config=None, model_name: str = "", output_name: str = "", sub_key=None,
                      aggregation_type=None, class_weights=None,
                      example_weighted: bool = False) -> metric_types.MetricComputations:
-        key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name, sub_key=sub_key,
-                                     example_weighted=example_weighted)
-        return [metric_types.MetricComputation(keys=[key], preprocessors=None,
-                                               combiner=_Combiner(key, eval_config, normalized))]
+        def metric_key(metric_name):
+            return metric_types.MetricKey(name=metric_name, model_name=model_name, output_name=output_name,
+                                          sub_key=sub_key, example_weighted=example_weighted)
+        key, sums_key = metric_key(name), metric_key(_SUMS)
+
+        def result(metrics: Dict[metric_types.MetricKey, Any]) -> Dict[metric_types.MetricKey, Any]:
+            return {key: metrics[sums_key].value(normalized)}
+        return [metric_types.MetricComputation(keys=[sums_key], preprocessors=None,
+                                               combiner=_LoglossSums(sums_key, eval_config)),
+                metric_types.DerivedMetricComputation(keys=[key], result=result)]
     return computations
 
 
 class _Accumulator:
+    """Weighted sums over a slice: cross-entropy, labels and weights."""
     __slots__ = ("loss", "labels", "weight")
 
     def __init__(self):
         self.loss, self.labels, self.weight = 0.0, 0.0, 0.0
 
+    def value(self, normalized: bool) -> float:
+        """The mean logloss, or (`normalized`) its ratio to the constant predictor's."""
+        if self.weight <= 0:
+            return float("nan")
+        loss = self.loss / self.weight
+        if not normalized:
+            return loss
+        baseline = constant_logloss(self.labels / self.weight)
+        return loss / baseline if baseline > 0 else float("nan")
 
-class _Combiner(beam.CombineFn):
-    def __init__(self, key: metric_types.MetricKey, eval_config, normalized: bool):
-        self._key, self._eval_config, self._normalized = key, eval_config, normalized
+
+class _LoglossSums(beam.CombineFn):
+    def __init__(self, key: metric_types.MetricKey, eval_config):
+        self._key, self._eval_config = key, eval_config
 
     def create_accumulator(self) -> _Accumulator:
         return _Accumulator()
@@ -85,10 +107,4 @@ class _Combiner(beam.CombineFn):
         return merged
 
     def extract_output(self, accumulator: _Accumulator) -> Dict[metric_types.MetricKey, Any]:
-        if accumulator.weight <= 0:
-            return {self._key: float("nan")}
-        loss = accumulator.loss / accumulator.weight
-        if not self._normalized:
-            return {self._key: loss}
-        baseline = constant_logloss(accumulator.labels / accumulator.weight)
-        return {self._key: loss / baseline if baseline > 0 else float("nan")}
+        return {self._key: accumulator}

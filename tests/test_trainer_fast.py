@@ -165,19 +165,20 @@ def test_report_has_calibration_and_bucketed_slices_in_bucket_order():
 
 
 def test_normalized_logloss_is_one_for_the_constant_predictor_and_above_for_an_overconfident_one():
-    from llm4msr.pipeline.metrics import _Combiner, constant_logloss
+    from llm4msr.pipeline.metrics import Logloss, NormalizedLogloss, constant_logloss
     from tensorflow_model_analysis.metrics import metric_types
 
     labels = np.array([1, 0, 0, 1, 0, 0, 0, 1])
 
     def value(predictions, normalized=True):
-        combiner = _Combiner(metric_types.MetricKey(name="loss"), eval_config=None, normalized=normalized)
+        sums, derived = (NormalizedLogloss() if normalized else Logloss()).computations()
+        combiner = sums.combiner
         accumulator = combiner.create_accumulator()
         for label, prediction in zip(labels, predictions):
             accumulator = combiner.add_input(accumulator, metric_types.StandardMetricInputs(
                 labels=np.array([label]), predictions=np.array([prediction]), example_weights=np.array([1.0])))
         halves = [accumulator, combiner.create_accumulator()]
-        return list(combiner.extract_output(combiner.merge_accumulators(halves)).values())[0]
+        return list(derived.result(combiner.extract_output(combiner.merge_accumulators(halves))).values())[0]
 
     assert value(np.full(8, labels.mean())) == pytest.approx(1.0)
     assert value(np.full(8, 0.62)) > 1.0  # over-predicting, as the model of issue 12 (calibration 1.32)
@@ -185,6 +186,8 @@ def test_normalized_logloss_is_one_for_the_constant_predictor_and_above_for_an_o
     assert constant_logloss(0.5) == pytest.approx(np.log(2))
     predictions = np.where(labels == 1, 0.8, 0.3)
     assert value(predictions, normalized=False) == pytest.approx(log_loss(labels, predictions), rel=1e-6)  # the Evaluator's logloss
+    # one pass over the examples for both: TFMA runs equal computations once
+    assert Logloss().computations()[0] == NormalizedLogloss().computations()[0]
 
 
 def test_max_steps_caps_training_across_epochs(tiny_data):
