@@ -128,7 +128,7 @@ def test_config_file_sets_what_flags_leave_open(tiny_data, tmp_path):
     result = json.loads(out.read_text())
     assert code == 0 and result["backbone"] == "dnn" and result["config"]["learning_rate"] == 0.01
     assert result["training"] == {"epochs": 1, "patience": 1, "batch_size": 512, "seed": 0, "max_steps": None,
-                                  "calibrate": True, "distribute": "auto"}
+                                  "calibrate": True, "distribute": "auto", "example_cache_mb": 1024}
 
 
 def test_auc_and_logloss_match_sklearn():
