@@ -276,6 +276,7 @@ def test_the_trainer_keeps_small_splits_in_memory_and_streams_large_ones(first_r
     rows = run_fn._count_records(files)
     assert rows == len(_records(pathlib.Path(examples.uri) / "Split-train")) and rows * run_fn._transformed_row_bytes(
         graph) < 2**20
+    assert run_fn._count_records(files, limit=10) == 10  # a split larger than the budget is not read whole
 
     def epochs(budget_mb):
         data = run_fn._dataset(files, accessor, graph, 64, shuffle=True, seed=0, cache_budget_mb=budget_mb)

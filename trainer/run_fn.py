@@ -112,10 +112,11 @@ def _dataset(files, data_accessor, tft_output, batch_size: int, shuffle: bool, s
     """Raw joined examples -> (transformed features, label) batches.
 
     When the split's transformed examples fit in `cache_budget_mb`, the first epoch reads, parses and
-    transforms them and keeps them in memory; later epochs replay them, shuffled example by example
-    (a full shuffle, as the streaming path's). Otherwise every epoch streams from the files."""
-    rows = _count_records(files) if cache_budget_mb > 0 else 0
-    cached = 0 < rows * _transformed_row_bytes(tft_output) <= cache_budget_mb * 2**20
+    transforms them and keeps them in memory; later epochs replay them, reshuffled over the whole
+    split. Otherwise every epoch streams from the files."""
+    fitting_rows = cache_budget_mb * 2**20 // _transformed_row_bytes(tft_output)
+    rows = _count_records(files, limit=fitting_rows + 1) if fitting_rows else 0  # a large split: stops early
+    cached = 0 < rows <= fitting_rows
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=batch_size, label_key=LABEL, num_epochs=1, shuffle=shuffle and not cached,
         shuffle_buffer_size=100_000 if shuffle else 1, shuffle_seed=seed)
@@ -131,10 +132,11 @@ def _dataset(files, data_accessor, tft_output, batch_size: int, shuffle: bool, s
     return batches.prefetch(2)
 
 
-def _count_records(patterns) -> int:
+def _count_records(patterns, limit: int = -1) -> int:
+    """The number of records in the files matching `patterns`, counting at most `limit` (-1: all)."""
     files = [name for pattern in patterns for name in tf.io.gfile.glob(pattern)]
     compression = "GZIP" if files and files[0].endswith(".gz") else ""
-    return int(tf.data.TFRecordDataset(files, compression_type=compression).reduce(
+    return int(tf.data.TFRecordDataset(files, compression_type=compression).take(limit).reduce(
         np.int64(0), lambda count, _: count + 1).numpy())
 
 
