@@ -210,6 +210,8 @@ def test_train_config_refuses_bad_values():
 
     with pytest.raises(ConfigError, match="TrainConfig.epochs: expected an integer >= 1, got -1"):
         TrainConfig(epochs=-1)
+    with pytest.raises(ConfigError, match="TrainConfig.example_cache_mb: expected an integer >= 0, got -5"):
+        TrainConfig(example_cache_mb=-5)
     with pytest.raises(ConfigError, match="TrainConfig.lr: unknown field"):
         TrainConfig.from_dict({"lr": 1})
 

@@ -141,8 +141,9 @@ def _count_records(patterns, limit: int = -1) -> int:
 
 
 def _transformed_row_bytes(tft_output) -> int:
-    """The memory one transformed example and its label take."""
-    return 4 + sum(int(np.prod(spec.shape or [1])) * spec.dtype.size
+    """The memory one transformed example and its label take (a string counted as 64 bytes: its
+    dtype has no fixed size)."""
+    return 4 + sum(int(np.prod(spec.shape or [1])) * (spec.dtype.size or 64)
                    for spec in tft_output.transformed_feature_spec().values())
 
 

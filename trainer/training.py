@@ -36,9 +36,9 @@ class TrainConfig:
     max_steps: Optional[int] = None  # total train steps across epochs (TFX `train_steps`); None: no cap
     calibrate: bool = True  # fit per-scenario Platt scaling on the eval split after training
     distribute: str = "auto"  # "auto" (multi-worker when TF_CONFIG names several workers), "none", "multi_worker"
-    # the Trainer (run_fn): a split's transformed examples are kept in memory after the first epoch
-    # when they take at most this many MB (twice that while shuffled; later epochs skip reading, parsing and the Transform
-    # graph); 0 streams every epoch from the files
+    # the Trainer (run_fn): a split's transformed examples stay in memory after the first epoch when
+    # they take at most this many MB (twice that while shuffled), so later epochs skip reading,
+    # parsing and the Transform graph; 0 streams every epoch from the files
     example_cache_mb: int = 1024
 
     def __post_init__(self):
