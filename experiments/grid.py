@@ -164,10 +164,11 @@ def flatten(result: dict, settings_hash: str) -> dict:
         for scenario, values in result[split]["scenarios"].items():
             for metric in METRICS:
                 row[f"{split}_{scenario}_{metric}"] = values[metric]
-    for slice_name, buckets in result["test"].get("slices", {}).items():
-        for bucket, values in buckets.items():
-            for metric in METRICS:
-                row[f"test_{slice_name.replace('slice_', '')}={bucket}_{metric}"] = values[metric]
+    for split in ("test", "eval"):  # eval's slices too: choices per regime are made on them
+        for slice_name, buckets in result[split].get("slices", {}).items():
+            for bucket, values in buckets.items():
+                for metric in METRICS:
+                    row[f"{split}_{slice_name.replace('slice_', '')}={bucket}_{metric}"] = values[metric]
     row["settings"] = settings_hash
     row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return row

@@ -30,8 +30,19 @@ def by_id(prompts, level):
     return {p.id: p for p in prompts if p.level == level}
 
 
-def test_user_prompts_use_only_train_items(dataset, count):
-    users = by_id(P.build_prompts(dataset, load_templates(), count, 10_000), USER)  # no trimming
+def titled_templates(tmp_path, max_items=10):
+    """The bundled templates with `max_items` recent liked and disliked titles per scenario in the user prompt."""
+    import shutil
+    folder = tmp_path / "titled"
+    shutil.copytree(DEFAULT_DIR, folder)
+    user = (folder / "user.tmpl").read_text().replace("max_items: 0", f"max_items: {max_items}").replace(
+        "least liked: {least}.", "least liked: {least}. Recently liked {liked}; disliked {disliked}.")
+    (folder / "user.tmpl").write_text(user)
+    return load_templates(folder)
+
+
+def test_user_prompts_use_only_train_items(dataset, count, tmp_path):
+    users = by_id(P.build_prompts(dataset, titled_templates(tmp_path), count, 10_000), USER)  # no trimming
     titles = dataset.items.set_index("item_id")["title"]
     checked = 0
     for user, rows in dataset.interactions.groupby("user_id"):
@@ -49,6 +60,44 @@ def test_user_prompts_use_only_train_items(dataset, count):
     assert titles[newest.loc["2", "item_id"]] in users["2"].text
 
 
+def test_user_profiles_state_train_counts_and_categories_in_words(dataset, count):
+    users = by_id(P.build_prompts(dataset, load_templates(), count, 256), USER)
+    train = dataset.split("train")
+    for user in sorted(set(train["user_id"]))[:5]:
+        rows = train[train["user_id"] == user]
+        liked, rated = int(rows["label"].sum()), len(rows)
+        words = P.share_words(load_templates()[USER], liked, rated)
+        assert f"Overall they liked {words} of the {rated} items they rated ({liked} of {rated})." in users[user].text
+        for scenario in dataset.scenarios:
+            in_scenario = rows[rows["scenario"] == scenario.id]
+            if len(in_scenario):
+                assert f'In "{scenario.name}" they liked ' in users[user].text
+                assert f"({int(in_scenario['label'].sum())} of {len(in_scenario)})" in users[user].text
+            else:
+                assert f'Nothing rated in "{scenario.name}" yet.' in users[user].text
+    # eval and test rows changed (labels flipped): not one user prompt changes
+    interactions = dataset.interactions
+    held_out = interactions["split"] != "train"
+    flipped = interactions.assign(label=interactions["label"].where(~held_out, 1 - interactions["label"]))
+    other = by_id(P.build_prompts(canonical.Dataset(flipped, dataset.items, dataset.scenarios), load_templates(),
+                                  count, 256), USER)
+    assert {k: p.text for k, p in other.items()} == {k: p.text for k, p in users.items()}
+
+
+def test_profile_ranks_categories_by_smoothed_liked_share():
+    rows = pd.DataFrame({"user_id": ["u"] * 7, "scenario": ["S0"] * 7, "item_id": list("abcdefg"),
+                         "label": [1, 1, 1, 0, 0, 0, 1]})
+    items = pd.DataFrame({"item_id": list("abcdefg"),
+                          "categories": ["Comedy", "Comedy", "Comedy|Drama", "Horror", "Horror", "Drama", "Western"]})
+    data = canonical.Dataset(rows.assign(split="train"), items, [])
+    profiles = P.user_profiles(data, rows, load_templates()[USER])["u"]
+    # smoothed: Comedy 4/5, Drama 2/4, Horror 1/4; Western rated once: below category_min_rated
+    assert profiles["S0"] == P.Profile(rated=7, liked=4, favourite="Comedy, Drama", least="Horror")
+    assert profiles[""] == profiles["S0"]
+    assert P.share_words(load_templates()[USER], 4, 7) == "more than half"
+    assert P.share_words(load_templates()[USER], 0, 0) == "almost none"
+
+
 def test_scenario_statistics_count_train_only(dataset, count):
     scenarios = by_id(P.build_prompts(dataset, load_templates(), count, 256), SCENARIO)
     assert list(scenarios) == ["S0", "S1", "S2"]
@@ -61,13 +110,14 @@ def test_scenario_statistics_count_train_only(dataset, count):
     assert '"light & family"' in scenarios["S0"].text and '"drama & other"' in scenarios["S0"].text
 
 
-def test_budget_trims_whole_items_oldest_first(dataset):
-    template = load_templates()[USER]
+def test_budget_trims_whole_items_oldest_first(dataset, tmp_path):
+    template = titled_templates(tmp_path)[USER]
     history = P.user_histories(dataset, dataset.split("train"), template)["2"]
     assert len(history) > 5
+    profiles = P.user_profiles(dataset, dataset.split("train"), template)["2"]
 
     def render(kept):
-        return P.user_prompt(dataset, template, "", kept)
+        return P.user_prompt(dataset, template, "", kept, profiles)
 
     full = words([render(history)])[0]
     budget = full - 12
@@ -81,8 +131,8 @@ def test_budget_trims_whole_items_oldest_first(dataset):
         assert item.text not in text or any(item.text in h.text for h in history[:kept])
 
 
-def test_every_prompt_fits_the_model_budget(dataset, count):
-    prompts = P.build_prompts(dataset, load_templates(), count, 256)
+def test_every_prompt_fits_the_model_budget(dataset, count, tmp_path):
+    prompts = P.build_prompts(dataset, titled_templates(tmp_path), count, 256)
     assert max(p.n_tokens for p in prompts) <= 256
     assert all(p.n_tokens == n for p, n in zip(prompts, count([p.text for p in prompts])))
     assert sum(p.n_tokens > 200 for p in prompts) > 10  # the budget is actually used

@@ -120,23 +120,50 @@ def scenario_statistics(dataset: Dataset, train: pd.DataFrame, scenario_id: str,
 
 
 # -- user level --------------------------------------------------------------------------------
-def user_prompts(dataset: Dataset, train: pd.DataFrame, template: Template, count_tokens: TokenCounter,
+# a liked share in words, by lower edge; a template may set its own (`share_words`)
+SHARE_WORDS = ((0.85, "almost all"), (0.7, "most"), (0.55, "more than half"), (0.45, "about half"),
+               (0.3, "less than half"), (0.15, "few"), (0.0, "almost none"))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a user rated in one scenario (or overall): how many items, how many of them they liked,
+    and the categories they liked most and least. Stated in words, it tells the model what an id
+    embedding learns from the rows, also for a user whose id the model has never seen."""
+    rated: int
+    liked: int
+    favourite: str = ""
+    least: str = ""
+
+
+def user_prompts(dataset: Dataset, rows: pd.DataFrame, template: Template, count_tokens: TokenCounter,
                  budget: int) -> List[Prompt]:
-    histories = user_histories(dataset, train, template)
+    """Every user's prompt of their `rows`; the cold-start prompt for users without any."""
+    cold = _cold_start(template, count_tokens)
+    texts = user_texts(dataset, rows, template, count_tokens, budget)
+    return [Prompt(USER, COLD_START_ID, *cold)] + [Prompt(USER, user, *texts.get(user, cold))
+                                                    for user in all_users(dataset)]
+
+
+def _cold_start(template: Template, count_tokens: TokenCounter) -> tuple:
+    """(text, template version, tokens) of the cold-start prompt: a `Prompt`'s last three fields."""
+    text = template.render("cold_start")
+    return text, template.version, count_tokens([text])[0]
+
+
+def user_texts(dataset: Dataset, rows: pd.DataFrame, template: Template, count_tokens: TokenCounter,
+               budget: int) -> Dict[str, tuple]:
+    """user -> (prompt text, template version, tokens) for every user with `rows`."""
+    histories = user_histories(dataset, rows, template)
+    profiles = user_profiles(dataset, rows, template)
     attributes = user_attributes(dataset)
-    cold = template.render("cold_start")
-    cold_tokens = count_tokens([cold])[0]
-    prompts = [Prompt(USER, COLD_START_ID, cold, template.version, cold_tokens)]
-    for user in all_users(dataset):
-        history = histories.get(user)
-        if not history:
-            prompts.append(Prompt(USER, user, cold, template.version, cold_tokens))
-            continue
+    texts = {}
+    for user, profile in profiles.items():
         text, n_tokens = fit_to_budget(
-            lambda kept: user_prompt(dataset, template, attributes.get(user, ""), kept), history,
-            count_tokens, budget)
-        prompts.append(Prompt(USER, user, text, template.version, n_tokens))
-    return prompts
+            lambda kept: user_prompt(dataset, template, attributes.get(user, ""), kept, profile),
+            histories.get(user, []), count_tokens, budget)
+        texts[user] = (text, template.version, n_tokens)
+    return texts
 
 
 def all_users(dataset: Dataset) -> List[str]:
@@ -146,10 +173,10 @@ def all_users(dataset: Dataset) -> List[str]:
     return sorted(users, key=lambda u: (len(u), u))  # numeric-looking ids in numeric order
 
 
-def user_histories(dataset: Dataset, train: pd.DataFrame, template: Template) -> Dict[str, List[HistoryItem]]:
+def user_histories(dataset: Dataset, rows: pd.DataFrame, template: Template) -> Dict[str, List[HistoryItem]]:
     """Per user, the `max_items` most recent liked and disliked items of every scenario, newest
     first across scenarios (the order in which trimming keeps them)."""
-    rows = train.assign(_order=range(len(train)))  # without timestamps, later rows are more recent
+    rows = rows.assign(_order=range(len(rows)))  # without timestamps, later rows are more recent
     keys = ["timestamp", "_order"] if "timestamp" in rows.columns else ["_order"]
     rows = rows.sort_values(keys, ascending=False, kind="stable")
     rows = rows.groupby(["user_id", "scenario", "label"], sort=False).head(int(template.setting("max_items", 10)))
@@ -159,6 +186,41 @@ def user_histories(dataset: Dataset, train: pd.DataFrame, template: Template) ->
     for user, scenario, label, title, cats in zip(rows["user_id"], rows["scenario"], rows["label"], titles, categories):
         histories.setdefault(user, []).append(HistoryItem(scenario, bool(label), item_text(template, title, cats)))
     return histories
+
+
+def user_profiles(dataset: Dataset, rows: pd.DataFrame, template: Template) -> Dict[str, Dict[str, Profile]]:
+    """user -> scenario id (and "" for all scenarios) -> `Profile` of `rows`. Categories rank by their
+    liked share smoothed towards one half (`(liked + 1) / (rated + 2)`), among those the user rated
+    at least `category_min_rated` times there: favourites have a smoothed share of one half or more,
+    the least liked one below."""
+    top, least = int(template.setting("favourite_categories", 3)), int(template.setting("least_categories", 2))
+    min_rated = int(template.setting("category_min_rated", 2))
+    counts = {}
+    for frame in (rows, rows.assign(scenario="")):  # per scenario, and "" for all of them
+        grouped = frame.groupby(["user_id", "scenario"])["label"].agg(["size", "sum"])
+        counts.update(zip(grouped.index, zip(grouped["size"], grouped["sum"])))
+    categories = rows["item_id"].map(dataset.items.set_index("item_id")["categories"]).fillna("").str.split("|")
+    rated = rows.assign(category=categories).explode("category")
+    rated = rated.assign(category=rated["category"].str.strip()).loc[lambda r: r["category"] != ""]
+    rated = pd.concat([rated, rated.assign(scenario="")])
+    by_category = rated.groupby(["user_id", "scenario", "category"])["label"].agg(["size", "sum"]).reset_index()
+    by_category = by_category[by_category["size"] >= min_rated]
+    by_category = by_category.assign(share=(by_category["sum"] + 1) / (by_category["size"] + 2))
+    ranked = by_category.sort_values(["share", "size", "category"], ascending=[False, False, True])
+    liked = ranked[ranked["share"] >= 0.5].groupby(["user_id", "scenario"])["category"].agg(lambda c: list(c[:top]))
+    disliked = ranked[ranked["share"] < 0.5].iloc[::-1].groupby(["user_id", "scenario"])["category"].agg(
+        lambda c: list(c[:least]))
+    profiles: Dict[str, Dict[str, Profile]] = {}
+    for (user, scenario), (size, n_liked) in counts.items():
+        profiles.setdefault(user, {})[scenario] = Profile(
+            int(size), int(n_liked), ", ".join(liked.get((user, scenario), [])),
+            ", ".join(disliked.get((user, scenario), [])))
+    return profiles
+
+
+def share_words(template: Template, liked: int, rated: int) -> str:
+    share = liked / rated if rated else 0.0
+    return next(words for low, words in template.setting("share_words", SHARE_WORDS) if share >= low)
 
 
 def item_text(template: Template, title: str, categories: str) -> str:
@@ -180,18 +242,36 @@ def user_attributes(dataset: Dataset) -> Dict[str, str]:
     return described
 
 
-def user_prompt(dataset: Dataset, template: Template, attributes: str, kept: Sequence[HistoryItem]) -> str:
+def user_prompt(dataset: Dataset, template: Template, attributes: str, kept: Sequence[HistoryItem],
+                profiles: Dict[str, Profile]) -> str:
+    """The user's prompt: attributes, their overall profile, then per scenario their profile and the
+    `kept` history items. A template uses what it names: `{liked}` / `{disliked}` are the history
+    titles, `{liked_share}`, `{liked_count}`, `{rated}`, `{favourite}`, `{least}` the profile."""
     separator = template.setting("item_separator", "; ")
     nothing = template.render("no_items")
     lines = []
     for scenario in dataset.scenarios:
         liked = [h.text for h in kept if h.scenario == scenario.id and h.liked]
         disliked = [h.text for h in kept if h.scenario == scenario.id and not h.liked]
-        lines.append(template.render("scenario", name=scenario.name,
-                                     liked=separator.join(liked) or nothing,
-                                     disliked=separator.join(disliked) or nothing))
+        profile = profiles.get(scenario.id)
+        if profile is None and "scenario_without_history" in template.sections:
+            lines.append(template.render("scenario_without_history", name=scenario.name))
+            continue
+        lines.append(template.render("scenario", name=scenario.name, liked=separator.join(liked) or nothing,
+                                     disliked=separator.join(disliked) or nothing,
+                                     **_profile_values(template, profile)))
     described = template.render("attributes", attributes=attributes) if attributes else ""
-    return template.render("prompt", attributes=described, scenarios="\n".join(lines))
+    overall = template.render("overall", **_profile_values(template, profiles[""])) \
+        if "overall" in template.sections else ""
+    return template.render("prompt", attributes=described, overall=overall, scenarios="\n".join(lines))
+
+
+def _profile_values(template: Template, profile: Optional[Profile]) -> dict:
+    profile = profile or Profile(0, 0)
+    return {"rated": profile.rated, "liked_count": profile.liked,
+            "liked_share": share_words(template, profile.liked, profile.rated),
+            "favourite": profile.favourite or template.render("no_items"),
+            "least": profile.least or template.render("no_items")}
 
 
 def fit_to_budget(render: Callable[[Sequence[HistoryItem]], str], history: Sequence[HistoryItem],
