@@ -34,7 +34,7 @@ import numpy as np
 import llm4msr  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from llm4msr.contract import ITEM_KNOWLEDGE, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
+from llm4msr.contract import ITEM_KNOWLEDGE, KNOWLEDGE_REDUCTION, SCENARIO_KNOWLEDGE, USER_KNOWLEDGE
 from llm4msr.trainer.backbones import BACKBONES
 from llm4msr.trainer.features import InputSpec
 from llm4msr.trainer.model import ModelConfig, compile_ranking_model
@@ -68,7 +68,7 @@ class SyntheticWorkload:
 class RealWorkload:
     """A canonical data set's train split through `llm4msr train`'s input pipeline (shuffled, repeated)."""
 
-    def __init__(self, data_dir, knowledge_dir, knowledge_reduction: int = 0):
+    def __init__(self, data_dir, knowledge_dir, knowledge_reduction: int = KNOWLEDGE_REDUCTION):
         from llm4msr.pipeline.data.canonical import read_dataset
         from llm4msr.pipeline.knowledge.artifact import read_knowledge
         from llm4msr.trainer.fast import ExampleEncoder

@@ -5,6 +5,7 @@ rerun with the same arguments resumes, skipping the runs already in results.csv.
 import json
 import pathlib
 
+from llm4msr.contract import KNOWLEDGE_REDUCTION
 from llm4msr.errors import UserFacingError
 
 
@@ -36,9 +37,9 @@ def add_parser(subparsers) -> None:
                                         "(e.g. learning_rate, projection_dim, meta_rank)")
     bench.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="one ModelConfig field for every run (JSON value), repeatable; overrides --config")
-    bench.add_argument("--knowledge-reduction", type=int, default=0, metavar="K",
-                       help="reduce every knowledge level to K whitened principal components fitted on the "
-                            "train rows in Transform (0: the raw vectors)")
+    bench.add_argument("--knowledge-reduction", type=int, default=KNOWLEDGE_REDUCTION, metavar="K",
+                       help=f"reduce every knowledge level to its K leading principal components on the train "
+                            f"rows, in Transform (default {KNOWLEDGE_REDUCTION}; 0: the LLM's width, normalised only)")
     bench.add_argument("--jobs", type=int, default=1,
                        help="worker processes (each gets cpu_count/jobs TensorFlow threads)")
     bench.add_argument("--overwrite", action="store_true",

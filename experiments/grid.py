@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from llm4msr.contract import KNOWLEDGE_REDUCTION
 from llm4msr.errors import UserFacingError
 from llm4msr.experiments.report import GRID_JSON, LIFT_PLOT, RESULTS_MD, SCENARIO_PLOT, write_report
 from llm4msr.experiments.stats import MODE_ORDER, ordered
@@ -65,7 +66,7 @@ class GridSpec:
     patience: int = _TRAINING.patience
     model: Dict = field(default_factory=dict)  # ModelConfig fields shared by every run
     jobs: int = 1
-    knowledge_reduction: int = 0  # Transform: reduce the knowledge to this many train principal components (0: raw)
+    knowledge_reduction: int = KNOWLEDGE_REDUCTION  # Transform: reduce the knowledge to this many train principal components (0: normalised only)
 
     def settings(self) -> dict:
         """What makes two runs comparable: everything but the grid's extent and the parallelism."""
@@ -115,7 +116,8 @@ def _knowledge_fingerprint(knowledge_dir) -> Optional[str]:
 class Workspace:
     """The data set, knowledge and encoded splits of one grid, loaded once and reused by every run."""
 
-    def __init__(self, data_dir, knowledge_dir=None, need_knowledge: bool = True, knowledge_reduction: int = 0):
+    def __init__(self, data_dir, knowledge_dir=None, need_knowledge: bool = True,
+                 knowledge_reduction: int = KNOWLEDGE_REDUCTION):
         from llm4msr.pipeline.data.canonical import read_dataset
         from llm4msr.pipeline.knowledge.artifact import read_knowledge
         from llm4msr.trainer.fast import ExampleEncoder

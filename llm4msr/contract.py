@@ -20,6 +20,9 @@ RAW_FEATURES = (USER_ID, ITEM_ID, SCENARIO)  # the string inputs every example a
 LABEL = "label"
 USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE = "user_knowledge", "scenario_knowledge", "item_knowledge"
 KNOWLEDGE_FEATURES = (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE)
+# the width the Transform reduces every knowledge level to (0: normalised, not reduced); chosen on
+# eval (docs/RESULTS.md): equal AUC to the LLM's full width within noise, a smaller store and requests
+KNOWLEDGE_REDUCTION = 32
 
 PREDICTION_KEY = "probability"
 MODEL_NAME = "llm4msr"

@@ -6,6 +6,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from llm4msr.contract import KNOWLEDGE_REDUCTION
 from llm4msr.errors import UserFacingError
 from llm4msr.files import is_uri, join
 
@@ -28,7 +29,7 @@ class PipelineConfig:
     model: dict = field(default_factory=lambda: {"backbone": "star", "knowledge": "both"})
     # Transform: each knowledge level reduced to this many whitened train principal components
     # (0: the LLM's raw vectors); the pushed store then holds the reduced vectors
-    knowledge_reduction: int = 0
+    knowledge_reduction: int = KNOWLEDGE_REDUCTION
     # TrainConfig fields (llm4msr.trainer.training: epochs, patience, batch_size, seed, max_steps);
     # the defaults are TrainConfig's, the same as `llm4msr train` and `llm4msr grid`
     training: dict = field(default_factory=dict)

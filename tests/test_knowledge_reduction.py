@@ -1,4 +1,4 @@
-"""The knowledge reduction of the feature contract (`preprocessing.reduce_knowledge`): fitted on
+"""The knowledge reduction of the feature contract (`preprocessing.normalize_knowledge`): fitted on
 train rows only, centred and whitened on them, applied to the tables the fast path gathers from."""
 import numpy as np
 import pytest

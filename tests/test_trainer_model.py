@@ -99,24 +99,29 @@ def test_star_training_statistics_are_per_scenario():
 
 
 def test_fused_meta_layers_equal_their_reference_maths():
-    """The knowledge projector's fused form equals Dense(LayerNorm(k)); the meta dense layer's
-    GEMM-only form equals `act(x U V^T + b) + x` with the full per-example weight `W = U V^T`."""
+    """The knowledge projector's fused form equals Dense(LayerNorm(k)) (plain: Dense(k)); the meta
+    dense layer's GEMM-only form equals `act(x U V^T + b) + x` with the full per-example weight
+    `W = U V^T`."""
     rng = np.random.default_rng(3)
     k = tf.constant(rng.normal(size=(7, 24)).astype(np.float32) * 2 + 0.5)
-    projector = layers.KnowledgeProjector(5, activation="relu")
-    projector(k)
-    for variable in projector.weights:
-        variable.assign(rng.normal(size=variable.shape).astype(np.float32))
-    reference = projector.dense(projector.norm(k)).numpy()
-    np.testing.assert_allclose(projector(k).numpy(), reference, rtol=1e-4, atol=1e-4)
-    # ...and so are its gradients (its kernel's is a custom gradient)
-    gradients = []
-    for forward in (projector, lambda knowledge: projector.dense(projector.norm(knowledge))):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.square(forward(k)))
-        gradients.append(tape.gradient(loss, projector.trainable_variables))
-    for fused, plain in zip(*gradients):
-        np.testing.assert_allclose(fused.numpy(), plain.numpy(), rtol=1e-3, atol=1e-3)
+    for normalize in (True, False):
+        projector = layers.KnowledgeProjector(5, activation="relu", normalize=normalize)
+        projector(k)
+        for variable in projector.weights:
+            variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+
+        def unfused(knowledge):
+            return projector.dense(projector.norm(knowledge) if normalize else knowledge)
+        np.testing.assert_allclose(projector(k).numpy(), unfused(k).numpy(), rtol=1e-4, atol=1e-4)
+        # ...and so are its gradients (its kernel's is a custom gradient)
+        gradients = []
+        for forward in (projector, unfused):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(forward(k)))
+            gradients.append(tape.gradient(loss, projector.trainable_variables))
+        assert len(gradients[0]) == (4 if normalize else 2)
+        for fused, plain in zip(*gradients):
+            np.testing.assert_allclose(fused.numpy(), plain.numpy(), rtol=1e-3, atol=1e-3)
     x, z = (tf.constant(rng.normal(size=shape).astype(np.float32)) for shape in [(6, 5), (6, 3)])
     layer = layers.MetaDense(rank=3, generator_units=4)
     layer([x, z])

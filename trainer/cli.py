@@ -6,6 +6,7 @@ import json
 import math
 import pathlib
 
+from llm4msr.contract import KNOWLEDGE_REDUCTION
 from llm4msr.trainer.knowledge_modes import KNOWLEDGE_MODES  # TF-free: building the parser stays fast
 
 MODEL_FLAGS = ("backbone", "knowledge", "learning_rate")
@@ -28,9 +29,9 @@ def add_parser(subparsers) -> None:
                        help="auto (default): one MultiWorkerMirroredStrategy replica per worker when TF_CONFIG "
                             "names several; run the same command on every worker")
     train.add_argument("--learning-rate", type=float, help="default 1e-3")
-    train.add_argument("--knowledge-reduction", type=int, default=0, metavar="K",
-                       help="reduce every knowledge level to K whitened principal components fitted on the "
-                            "train rows in Transform (0: the raw vectors, default)")
+    train.add_argument("--knowledge-reduction", type=int, default=KNOWLEDGE_REDUCTION, metavar="K",
+                       help=f"reduce every knowledge level to its K leading principal components on the train "
+                            f"rows, in Transform (default {KNOWLEDGE_REDUCTION}; 0: the LLM's width, normalised only)")
     train.add_argument("--config", help="JSON file with ModelConfig fields (and TrainConfig fields under "
                                         "\"training\"); flags given explicitly override it")
     train.add_argument("--out", help="write the result as JSON here")

@@ -21,8 +21,8 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from llm4msr.contract import (ITEM_KNOWLEDGE, KNOWLEDGE_FEATURES, LABEL, RAW_FEATURES, SCENARIO, SCENARIO_KNOWLEDGE,
-                              USER_ID, USER_KNOWLEDGE)
+from llm4msr.contract import (ITEM_KNOWLEDGE, KNOWLEDGE_FEATURES, KNOWLEDGE_REDUCTION, LABEL, RAW_FEATURES, SCENARIO,
+                              SCENARIO_KNOWLEDGE, USER_ID, USER_KNOWLEDGE)
 from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.data.canonical import Dataset, read_dataset
 from llm4msr.pipeline.knowledge.artifact import Knowledge, read_knowledge
@@ -49,22 +49,19 @@ class Encoded:
 class ExampleEncoder:
     """Turns canonical interactions into model inputs with the Transform graph fitted on train."""
 
-    def __init__(self, dataset: Dataset, knowledge: Optional[Knowledge] = None, knowledge_reduction: int = 0):
+    def __init__(self, dataset: Dataset, knowledge: Optional[Knowledge] = None,
+                 knowledge_reduction: int = KNOWLEDGE_REDUCTION):
         self.scenario_ids = dataset.scenario_ids
         self.knowledge = knowledge
         self.tables = knowledge_tables(dataset, knowledge)
-        # reduced knowledge is a Transform output, analysed on the train rows' vectors like the pipeline's
+        # the knowledge is a Transform output (normalised, optionally reduced), analysed on the train
+        # rows' vectors like the pipeline's; each table goes through the fitted graph once
         self.knowledge_reduction = knowledge_reduction if self.tables else 0
         self.transform_output = fit_transform(dataset, self.tables, self.knowledge_reduction)
         self.transform_layer = self.transform_output.transform_features_layer()
-        if self.knowledge_reduction:
-            self.tables = {name: (row, column, index, self._reduce(name, vectors))
-                           for name, (row, column, index, vectors) in self.tables.items()}
-            self.spec = input_spec_from_transform(self.transform_output, len(self.scenario_ids))
-        else:
-            self.spec = input_spec_from_transform(self.transform_output, len(self.scenario_ids),
-                                                  knowledge.dim if knowledge is not None else 0,
-                                                  item_knowledge=ITEM_KNOWLEDGE in self.tables)
+        self.tables = {name: (row, column, index, self._normalize(name, vectors))
+                       for name, (row, column, index, vectors) in self.tables.items()}
+        self.spec = input_spec_from_transform(self.transform_output, len(self.scenario_ids))
 
     def input_spec(self) -> InputSpec:
         return self.spec
@@ -83,7 +80,7 @@ class ExampleEncoder:
 
     def transform(self, rows) -> Dict[str, np.ndarray]:
         """The Transform graph on raw interaction rows (ids as the examples carry them, `[B, 1]`);
-        the knowledge outputs are not per row here (see `_reduce`)."""
+        the knowledge outputs are not per row here (see `_normalize`)."""
         outputs = {}
         for start in range(0, len(rows), ENCODE_CHUNK):
             chunk = rows.iloc[start:start + ENCODE_CHUNK]
@@ -94,12 +91,12 @@ class ExampleEncoder:
                     outputs.setdefault(name, []).append(value.numpy())
         return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
-    def _reduce(self, name: str, vectors: np.ndarray) -> np.ndarray:
+    def _normalize(self, name: str, vectors: np.ndarray) -> np.ndarray:
         return preprocessing.transform_knowledge(self.transform_layer, name, vectors, self._raw_knowledge_dims(),
                                                  self.scenario_ids[0])
 
     def _raw_knowledge_dims(self) -> Dict[str, int]:
-        return {name: self.knowledge.dim for name in self.tables} if self.knowledge_reduction else {}
+        return {name: self.knowledge.dim for name in self.tables}
 
     def _with_knowledge(self, raw: dict, rows: int) -> dict:
         """Zero vectors for the knowledge inputs the graph was analysed with (split encoding reads
@@ -152,12 +149,11 @@ def knowledge_tables(dataset: Dataset, knowledge: Optional[Knowledge]) -> Dict[s
 def fit_transform(dataset: Dataset, tables: Optional[Dict[str, tuple]] = None, knowledge_reduction: int = 0):
     """`preprocessing_fn` analysed on the train split (tf.Transform, in-memory Beam): a
     `TFTransformOutput`, cached on disk by the data set's and the feature code's fingerprints (and
-    the knowledge's, when its reduction is analysed: then the train rows carry their vectors)."""
+    the knowledge's: the train rows carry their vectors, whose normalisation is analysed)."""
     import tensorflow_transform as tft
 
     if dataset.folder is None:
         raise ValueError("fit_transform needs a data set read from a folder (read_dataset)")
-    tables = tables if knowledge_reduction else None  # without a reduction the knowledge is not analysed
     target = _cache_dir() / "transform" / _transform_key(dataset, knowledge_reduction, tables)
     if not (target / "transform_fn").is_dir():
         _analyze(dataset, target, tables, knowledge_reduction)
@@ -281,7 +277,7 @@ def load_knowledge(knowledge_dir, mode: str, data_dir=None) -> Optional[Knowledg
 
 
 def train(data_dir, config: ModelConfig, knowledge_dir=None, training: Optional[TrainConfig] = None,
-          verbose: int = 2, knowledge_reduction: int = 0) -> dict:
+          verbose: int = 2, knowledge_reduction: int = KNOWLEDGE_REDUCTION) -> dict:
     """Trains with the one training loop and reports eval and test metrics."""
     training = training or TrainConfig()
     strategy = distribution_strategy(training.distribute)  # before the Transform starts TensorFlow

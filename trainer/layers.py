@@ -196,22 +196,24 @@ class Cross(tfrs.layers.dcn.Cross):
 
 @serializable
 class KnowledgeProjector(tf.keras.layers.Layer):
-    """Projects a frozen LLM knowledge vector to a small width: `Dense(LayerNormalization(k))`.
+    """Projects a frozen LLM knowledge vector to a small width: `Dense(k)`, or with `normalize=True`
+    `Dense(LayerNormalization(k))`.
 
-    The vector is layer-normalised first because hidden-state scales differ a lot between LLMs.
-    The two are computed in one fused, exact form: with `m`, `s` the row mean and
-    `1/sqrt(var + eps)`, `Dense(LayerNorm(k))` equals
-    `s * (k @ (gamma * W) - m * sum(gamma * W)) + (beta @ W + b)`. The `[B, d_llm]` work is one
-    matmul and the row statistics; the normalised `[B, d_llm]` tensor and its backward pass, the
-    costly part on CPU, never exist. The knowledge is frozen: no gradient flows back into it, which
-    lets the kernel's gradient be computed as `(G^T k)^T`, packing the tall `k` once in its own
-    layout, instead of TF's `k^T G` (see `bench/bench_trainer.py`). Variables are those of the
-    `LayerNormalization` and `Dense` sublayers (`norm`, `dense`), so checkpoints are those of the
-    unfused form.
+    The feature contract already centres and scales every knowledge level on the train rows
+    (`transform.preprocessing.normalize_knowledge`), so the model's projections are plain; use
+    `normalize=True` for raw LLM vectors, whose scales differ a lot between LLMs. The normalised form
+    is computed in one fused, exact form: with `m`, `s` the row mean and `1/sqrt(var + eps)`,
+    `Dense(LayerNorm(k))` equals `s * (k @ (gamma * W) - m * sum(gamma * W)) + (beta @ W + b)`: the
+    `[B, d_llm]` work is one matmul and the row statistics; the normalised `[B, d_llm]` tensor and its
+    backward pass never exist. The knowledge is frozen: no gradient flows back into it, which lets the
+    kernel's gradient be computed as `(G^T k)^T`, packing the tall `k` once in its own layout, instead
+    of TF's `k^T G` (see `bench/bench_trainer.py`). Variables are those of the `Dense` (and
+    `LayerNormalization`) sublayers (`dense`, `norm`), so checkpoints are those of the unfused form.
 
     Args:
       units: width `d_k` of the projection.
       activation: of the projection; None (the default) is linear.
+      normalize: layer-normalise the knowledge first.
 
     Inputs:
       knowledge: `[B, d_llm]` float knowledge vectors; no gradient flows into them.
@@ -220,23 +222,26 @@ class KnowledgeProjector(tf.keras.layers.Layer):
       `[B, units]`.
     """
 
-    def __init__(self, units: int = 32, activation: Optional[str] = None, **kwargs):
+    def __init__(self, units: int = 32, activation: Optional[str] = None, normalize: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.units, self.activation = units, activation
+        self.units, self.activation, self.normalize = units, activation, normalize
         self._activation = tf.keras.activations.get(activation)
-        self.norm = tf.keras.layers.LayerNormalization()
+        self.norm = tf.keras.layers.LayerNormalization() if normalize else None
         self.dense = tf.keras.layers.Dense(units, activation=activation)
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
-        for layer, shape in ((self.norm, input_shape), (self.dense, input_shape)):
-            with tf.name_scope(layer.name):
-                layer.build(shape)
+        for layer in (self.norm, self.dense):
+            if layer is not None:
+                with tf.name_scope(layer.name):
+                    layer.build(input_shape)
         super().build(input_shape)
 
     @no_autograph
     def call(self, knowledge):
         k = tf.stop_gradient(tf.cast(knowledge, self.compute_dtype))
+        if self.norm is None:
+            return self._activation(_frozen_input_matmul(k, self.dense.kernel) + self.dense.bias)
         mean, variance = tf.nn.moments(k, axes=[-1], keepdims=True)
         kernel = self.norm.gamma[:, None] * self.dense.kernel  # [d_llm, units]
         scale = tf.math.rsqrt(variance + self.norm.epsilon)
@@ -244,7 +249,8 @@ class KnowledgeProjector(tf.keras.layers.Layer):
         return self._activation(scale * (_frozen_input_matmul(k, kernel) - mean * tf.reduce_sum(kernel, axis=0)) + bias)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "activation": self.activation}
+        return {**super().get_config(), "units": self.units, "activation": self.activation,
+                "normalize": self.normalize}
 
 
 @tf.custom_gradient

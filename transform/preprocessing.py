@@ -14,7 +14,7 @@ out-of-vocabulary slot or the train mean.
 | `item_category` | vocabulary index | the first of `items.csv` `categories` |
 | `item_<column>`, `user_<column>` | vocabulary index (text) or z-score (numeric, e.g. `year`) | other columns of `items.csv` / `users.csv` |
 | `scenario` | fixed index 0..S-1, the order of scenarios.json | |
-| `user_knowledge`, `scenario_knowledge`, `item_knowledge` | float32 vectors (when the examples carry them): passed through, or with `knowledge_reduction` = k reduced to k whitened principal components (`reduce_knowledge`) | train rows |
+| `user_knowledge`, `scenario_knowledge`, `item_knowledge` | float32 vectors (when the examples carry them): centred on the train mean and scaled to unit mean squared norm, with `knowledge_reduction` = k first projected on the k leading principal directions (`normalize_knowledge`) | train rows |
 | `slice_user_history`, `slice_item_popularity`, `slice_item_long_tail`, `slice_user_scenario_history` | bucket index of the train rows of the user, the item, the user in this scenario (`HISTORY_BUCKETS`, `POPULARITY_BUCKETS`, `LONG_TAIL_BUCKETS`); evaluation slices, not model inputs | train rows |
 | `label` | 0/1 | |
 
@@ -71,32 +71,36 @@ def preprocessing_fn(inputs, custom_config):
     width = int(custom_config.get("knowledge_reduction", 0))
     for name in KNOWLEDGE_FEATURES:
         if name in inputs:
-            vectors = tf.cast(inputs[name], tf.float32)
-            outputs[name] = reduce_knowledge(vectors, width, name) if width else vectors
+            outputs[name] = normalize_knowledge(tf.cast(inputs[name], tf.float32), width, name)
     if LABEL in inputs:
         outputs[LABEL] = _squeeze(inputs[LABEL])
     return outputs
 
 
-def reduce_knowledge(vectors: tf.Tensor, width: int, name: str) -> tf.Tensor:
-    """`[B, dim]` LLM vectors -> `[B, width]`: centred on the train mean, projected on the train rows'
-    `width` principal directions (`tft.pca`), scaled to unit mean squared norm on train. The
-    raw vectors of one LLM share a large common direction (MiniLM users: mean pairwise cosine 0.90);
-    what tells users (items) apart is in the directions left after removing it."""
+def normalize_knowledge(vectors: tf.Tensor, width: int, name: str) -> tf.Tensor:
+    """`[B, dim]` LLM vectors -> `[B, width or dim]`: centred on the train mean, projected on the
+    train rows' `width` principal directions (`tft.pca`; 0: no projection), scaled to unit mean
+    squared norm on train. The raw vectors of one LLM share a large common direction (MiniLM users:
+    mean pairwise cosine 0.90) and their scale differs from LLM to LLM; what tells users (items)
+    apart is in the directions left after removing it, at a scale the model's projections can
+    start from whatever the LLM."""
     dim = int(vectors.shape[-1])
     if width > dim:
         raise ValueError(f"knowledge_reduction {width} is wider than the {name} vectors ({dim})")
-    # one analysis pass: the variance of each component is its direction's quadratic form in the
-    # train covariance (a second pass over the projected rows would cost a re-read of the data)
     mean = tft.mean(vectors, reduce_instance_dims=False, name=f"{name}_mean")
-    basis = tft.pca(vectors, output_dim=width, dtype=tf.float32, name=f"{name}_pca")  # [dim, width]
-    covariance = tft.covariance(vectors, dtype=tf.float32, name=f"{name}_covariance")
-    variance = tf.reduce_sum(basis * tf.matmul(covariance, basis), axis=0)
-    projected = tf.matmul(vectors - mean, basis)
-    # one scale for every component, so the spectrum keeps its shape, and unit mean squared norm, the
-    # scale of the (normalised) raw vectors; whitening each component to unit variance, and unit
-    # variance per component, measured worse on eval (ml-latest-small; docs/RESULTS.md)
-    return projected * tf.math.rsqrt(tf.maximum(tf.reduce_sum(variance), 1e-12))
+    if width:
+        # one analysis pass: the variance of each component is its direction's quadratic form in the
+        # train covariance (a second pass over the projected rows would cost a re-read of the data)
+        basis = tft.pca(vectors, output_dim=width, dtype=tf.float32, name=f"{name}_pca")  # [dim, width]
+        covariance = tft.covariance(vectors, dtype=tf.float32, name=f"{name}_covariance")
+        total_variance = tf.reduce_sum(basis * tf.matmul(covariance, basis))
+        centred = tf.matmul(vectors - mean, basis)
+    else:
+        total_variance = tf.reduce_sum(tft.var(vectors, reduce_instance_dims=False, name=f"{name}_variance"))
+        centred = vectors - mean
+    # one scale for every component, so the spectrum keeps its shape; whitening each component to unit
+    # variance measured worse on eval (ml-latest-small; docs/RESULTS.md)
+    return centred * tf.math.rsqrt(tf.maximum(total_variance, 1e-12))
 
 
 def transform_knowledge(transform_layer, name: str, vectors: np.ndarray, knowledge_dims: Dict[str, int],
