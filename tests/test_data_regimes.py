@@ -9,6 +9,7 @@ from llm4msr.pipeline.data.split import HISTORY, cold_scenario_rows
 from llm4msr.pipeline.knowledge import prompts as P
 from llm4msr.pipeline.knowledge.artifact import USER
 from llm4msr.pipeline.knowledge.templates import load_templates
+from prompt_templates import titled_templates
 
 
 def words(texts):  # a tokenizer stand-in: one token per word
@@ -51,10 +52,12 @@ def test_new_users_have_history_and_held_out_rows_but_no_training_row(prepared):
     assert frame.loc[known, "split"].tolist() == time.loc[known, "split"].tolist()
 
 
-def test_a_new_users_prompt_holds_their_history_and_nothing_held_out(prepared):
+def test_a_new_users_prompt_holds_their_history_and_nothing_held_out(prepared, tmp_path):
     dataset = prepared("new_users")
     frame = dataset.interactions
-    prompts = {p.id: p.text for p in P.build_prompts(dataset, load_templates(), words, 100_000) if p.level == USER}
+    prompts = {p.id: p.text for p in P.build_prompts(dataset, titled_templates(tmp_path / "t"), words, 100_000)
+               if p.level == USER}
+    profiles = {p.id: p.text for p in P.build_prompts(dataset, load_templates(), words, 100_000) if p.level == USER}
     titles = dataset.items.set_index("item_id")["title"]
     checked = 0
     for user in sorted(set(frame.loc[frame["split"] == HISTORY, "user_id"])):
@@ -62,6 +65,8 @@ def test_a_new_users_prompt_holds_their_history_and_nothing_held_out(prepared):
         history_titles = {titles[i] for i in rows.loc[rows["split"] == HISTORY, "item_id"]}
         newest = rows[rows["split"] == HISTORY].sort_values("timestamp")["item_id"].iloc[-1]
         assert titles[newest] in prompts[user]
+        history = rows[rows["split"] == HISTORY]  # the profile counts the history, nothing held out
+        assert f"({int(history['label'].sum())} of {len(history)})." in profiles[user]
         for item in set(rows.loc[rows["split"] != HISTORY, "item_id"]):
             if not any(titles[item] in t for t in history_titles):
                 assert titles[item] not in prompts[user], (user, item)
@@ -69,14 +74,15 @@ def test_a_new_users_prompt_holds_their_history_and_nothing_held_out(prepared):
     assert checked > 5
 
 
-def test_prompt_history_prompts_list_no_training_label(prepared):
+def test_prompt_history_prompts_list_no_training_label(prepared, tmp_path):
     """Regime prompt_history: each user's earliest train rows become history; the prompt describes
     those, so no item the model trains on for that user appears in their prompt."""
     dataset, time = prepared("prompt_history", share=0.5), prepared("time")
     frame = dataset.interactions
     assert frame.loc[frame["split"].isin(("eval", "test")), "split"].tolist() == \
         time.interactions.loc[time.interactions["split"].isin(("eval", "test")), "split"].tolist()  # same held-out rows
-    prompts = {p.id: p.text for p in P.build_prompts(dataset, load_templates(), words, 100_000) if p.level == USER}
+    templates = titled_templates(tmp_path / "t")
+    prompts = {p.id: p.text for p in P.build_prompts(dataset, templates, words, 100_000) if p.level == USER}
     titles = dataset.items.set_index("item_id")["title"]
     checked = 0
     for user, rows in frame.groupby("user_id"):
@@ -91,7 +97,7 @@ def test_prompt_history_prompts_list_no_training_label(prepared):
                 checked += 1
     assert checked > 5
     # under the time regime the same prompt lists training labels: the leak this regime removes
-    leaky = {p.id: p.text for p in P.build_prompts(time, load_templates(), words, 100_000) if p.level == USER}
+    leaky = {p.id: p.text for p in P.build_prompts(time, templates, words, 100_000) if p.level == USER}
     user = frame["user_id"].iloc[0]
     trained = time.interactions[(time.interactions["user_id"] == user) & (time.interactions["split"] == "train")]
     assert any(titles[i] in leaky[user] for i in trained["item_id"])

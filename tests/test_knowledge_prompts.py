@@ -8,6 +8,7 @@ from llm4msr.pipeline.knowledge import prompts as P
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, ITEM, SCENARIO, USER
 from llm4msr.pipeline.knowledge.llm import load_tokenizer, resolve_model, token_counter
 from llm4msr.pipeline.knowledge.templates import DEFAULT_DIR, TemplateError, load_templates
+from prompt_templates import titled_templates
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +31,8 @@ def by_id(prompts, level):
     return {p.id: p for p in prompts if p.level == level}
 
 
-def titled_templates(tmp_path, max_items=10):
-    """The bundled templates with `max_items` recent liked and disliked titles per scenario in the user prompt."""
-    import shutil
-    folder = tmp_path / "titled"
-    shutil.copytree(DEFAULT_DIR, folder)
-    user = (folder / "user.tmpl").read_text().replace("max_items: 0", f"max_items: {max_items}").replace(
-        "least liked: {least}.", "least liked: {least}. Recently liked {liked}; disliked {disliked}.")
-    (folder / "user.tmpl").write_text(user)
-    return load_templates(folder)
-
-
 def test_user_prompts_use_only_train_items(dataset, count, tmp_path):
-    users = by_id(P.build_prompts(dataset, titled_templates(tmp_path), count, 10_000), USER)  # no trimming
+    users = by_id(P.build_prompts(dataset, titled_templates(tmp_path / "titled"), count, 10_000), USER)  # no trimming
     titles = dataset.items.set_index("item_id")["title"]
     checked = 0
     for user, rows in dataset.interactions.groupby("user_id"):
@@ -111,7 +101,7 @@ def test_scenario_statistics_count_train_only(dataset, count):
 
 
 def test_budget_trims_whole_items_oldest_first(dataset, tmp_path):
-    template = titled_templates(tmp_path)[USER]
+    template = titled_templates(tmp_path / "titled")[USER]
     history = P.user_histories(dataset, dataset.split("train"), template)["2"]
     assert len(history) > 5
     profiles = P.user_profiles(dataset, dataset.split("train"), template)["2"]
@@ -132,7 +122,7 @@ def test_budget_trims_whole_items_oldest_first(dataset, tmp_path):
 
 
 def test_every_prompt_fits_the_model_budget(dataset, count, tmp_path):
-    prompts = P.build_prompts(dataset, titled_templates(tmp_path), count, 256)
+    prompts = P.build_prompts(dataset, titled_templates(tmp_path / "titled"), count, 256)
     assert max(p.n_tokens for p in prompts) <= 256
     assert all(p.n_tokens == n for p, n in zip(prompts, count([p.text for p in prompts])))
     assert sum(p.n_tokens > 200 for p in prompts) > 10  # the budget is actually used

@@ -1,5 +1,5 @@
-"""The knowledge reduction of the feature contract (`preprocessing.normalize_knowledge`): fitted on
-train rows only, centred and whitened on them, applied to the tables the fast path gathers from."""
+"""The knowledge normalisation and reduction of the feature contract (`preprocessing.normalize_knowledge`):
+fitted on train rows only, centred and scaled on them, applied to the tables the fast path gathers from."""
 import numpy as np
 import pytest
 
@@ -32,6 +32,18 @@ def test_reduced_knowledge_is_centred_and_decorrelated_on_the_train_rows(encoded
         variance = rows.var(axis=0)
         assert variance.sum() == pytest.approx(1.0, rel=1e-3) and np.all(np.diff(variance) <= 1e-4), name
         np.testing.assert_allclose(np.corrcoef(rows.T), np.eye(WIDTH), atol=1e-3, err_msg=name)  # decorrelated
+
+
+def test_without_a_reduction_the_knowledge_is_centred_and_scaled_at_the_llms_width(encoded):
+    dataset, knowledge, _ = encoded
+    encoder = ExampleEncoder(dataset, knowledge, 0)
+    assert encoder.input_spec().user_knowledge_dim == knowledge.dim
+    train = dataset.split("train")
+    raw = np.stack([knowledge.user_vector(u) for u in train["user_id"]])
+    rows = _train_row_vectors(dataset, encoder, USER_KNOWLEDGE)
+    expected = (raw - raw.mean(axis=0)) / np.sqrt(raw.var(axis=0).sum())
+    np.testing.assert_allclose(rows, expected, atol=1e-4)
+    assert (rows ** 2).sum(axis=1).mean() == pytest.approx(1.0, rel=1e-3)
 
 
 def test_the_reduction_keeps_the_top_principal_directions(encoded):
