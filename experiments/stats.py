@@ -6,6 +6,7 @@ from typing import Iterable, List, Optional, Sequence
 import pandas as pd
 
 MODE_ORDER = ("none", "user", "scenario", "both", "item", "all")
+ITEM_MODES = ("item", "all")  # the modes with item knowledge
 # the slices where knowledge should carry what ids cannot: (results column stem, bucket, reading)
 KEY_SLICES = (("user_history", "0", "new users (no train row)"),
               ("user_scenario_history", "0", "user new to the scenario"),
@@ -96,9 +97,12 @@ def target_check(table: pd.DataFrame, mode: str = "both") -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # Report: Markdown and plots
 
-def best_mode_on_eval(table: pd.DataFrame, backbone: str) -> Optional[str]:
-    """The knowledge mode (not none) with the highest mean eval AUC: chosen without looking at test."""
+def best_mode_on_eval(table: pd.DataFrame, backbone: str, among: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The knowledge mode (not none; one of `among` if given) with the highest mean eval AUC: chosen
+    without looking at test."""
     rows = table[(table["backbone"] == backbone) & (table["knowledge"] != "none")]
+    if among is not None:
+        rows = rows[rows["knowledge"].isin(among)]
     if rows.empty or "eval_auc" not in rows:
         return None
     return str(rows.groupby("knowledge")["eval_auc"].mean().idxmax())

@@ -174,6 +174,7 @@ def test_key_slices_and_the_target_use_the_mode_chosen_on_eval(tmp_path):
     table["test_user_history=0_examples"] = 40
     assert stats.best_mode_on_eval(table, "dnn") == "user"
     assert stats.best_mode_on_eval(table, "star") == "both"
+    assert stats.best_mode_on_eval(table, "dnn", among=("both", "all")) == "both"  # the best of those it has
     report.write_report(table, tmp_path)
     markdown = (tmp_path / "results.md").read_text()
     assert "new users (no train row) (`user_history=0`)" in markdown
