@@ -171,7 +171,7 @@ def test_key_slices_and_the_target_use_the_mode_chosen_on_eval(tmp_path):
     table["test_logloss"], table["test_gauc"], table["train_seconds"], table["epochs"] = 0.6, 0.6, 10.0, 3
     table["eval_auc"] = table["test_auc"] + np.where(table["knowledge"] == "user", 0.1, 0.0)
     table["test_user_history=0_auc"] = table["test_auc"] + np.where(table["knowledge"] == "both", 0.05, 0.0)
-    table["test_user_history=0_examples"] = 40
+    table["test_user_history=0_examples"] = 400
     assert stats.best_mode_on_eval(table, "dnn") == "user"
     assert stats.best_mode_on_eval(table, "star") == "both"
     assert stats.best_mode_on_eval(table, "dnn", among=("both", "all")) == "both"  # the best of those it has
