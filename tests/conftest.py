@@ -9,6 +9,7 @@ import pytest
 from llm4msr.quiet import drop_teardown_noise
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY_KNOWLEDGE_DIM = 40  # the `tiny_knowledge` width: above the default reduction (32)
 sys.unraisablehook = drop_teardown_noise  # TF functions alive at exit: as `llm4msr` does, no traceback each
 
 
@@ -63,8 +64,8 @@ def tiny_data(tiny_movielens, tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tiny_knowledge(tiny_data, tmp_path_factory) -> pathlib.Path:
-    """Random 8-wide knowledge for all but the first three users and items (they get the cold-start
-    vector)."""
+    """Random knowledge, `TINY_KNOWLEDGE_DIM` wide (wider than the default reduction), for all but the first
+    three users and items (they get the cold-start vector)."""
     import numpy as np
 
     from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, KnowledgeRecord, write_knowledge
@@ -73,7 +74,7 @@ def tiny_knowledge(tiny_data, tmp_path_factory) -> pathlib.Path:
     rows = [line.split(",") for line in (tiny_data / "interactions.csv").read_text().splitlines()[1:]]
 
     def random_records(ids):
-        return {i: KnowledgeRecord(i, rng.normal(size=8).astype(np.float32)) for i in [*sorted(ids)[3:], COLD_START_ID]}
-    scenarios = {s: KnowledgeRecord(s, rng.normal(size=8).astype(np.float32)) for s in ("S0", "S1", "S2")}
+        return {i: KnowledgeRecord(i, rng.normal(size=TINY_KNOWLEDGE_DIM).astype(np.float32)) for i in [*sorted(ids)[3:], COLD_START_ID]}
+    scenarios = {s: KnowledgeRecord(s, rng.normal(size=TINY_KNOWLEDGE_DIM).astype(np.float32)) for s in ("S0", "S1", "S2")}
     return write_knowledge(tmp_path_factory.mktemp("knowledge") / "k", random_records({r[0] for r in rows}),
-                           scenarios, {"dim": 8}, items=random_records({r[1] for r in rows}))
+                           scenarios, {"dim": TINY_KNOWLEDGE_DIM}, items=random_records({r[1] for r in rows}))

@@ -86,5 +86,5 @@ def test_the_reduction_is_fitted_on_train_rows_only(encoded, tiny_data, tiny_kno
 
 
 def test_a_reduction_wider_than_the_vectors_is_a_clear_error(tiny_data, tiny_knowledge):
-    with pytest.raises(Exception, match="knowledge_reduction 9 is wider than the user_knowledge vectors"):
-        ExampleEncoder(canonical.read_dataset(tiny_data), read_knowledge(tiny_knowledge), 9)
+    with pytest.raises(Exception, match="knowledge_reduction 41 is wider than the user_knowledge vectors"):
+        ExampleEncoder(canonical.read_dataset(tiny_data), read_knowledge(tiny_knowledge), 41)

@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from llm4msr.cli import main
+from llm4msr.contract import KNOWLEDGE_REDUCTION
 from llm4msr.trainer import metrics
 from llm4msr.trainer.fast import ExampleEncoder
 
@@ -34,7 +35,7 @@ def test_train_end_to_end_reports_test_metrics(tiny_data, tiny_knowledge, tmp_pa
     assert 0 <= overall["auc"] <= 1 and 0 < overall["logloss"] < 5
     assert sorted(result["test"]["scenarios"]) == ["S0", "S1", "S2"]
     assert sum(s["examples"] for s in result["test"]["scenarios"].values()) == 298
-    assert result["input_spec"]["user_knowledge_dim"] == (8 if knowledge == "both" else 0)
+    assert result["input_spec"]["user_knowledge_dim"] == (KNOWLEDGE_REDUCTION if knowledge == "both" else 0)
     assert "overall" in capsys.readouterr().out
 
 
@@ -81,10 +82,13 @@ def test_batches_hold_every_row_once_per_epoch_with_its_own_label_and_knowledge(
     dataset, knowledge = read_dataset(tiny_data), read_knowledge(tiny_knowledge)
     encoder = ExampleEncoder(dataset, knowledge)
     train = encoder.encode(dataset, "train")
-    # a row's identity: its user and item indices, year and label; the user fixes its knowledge vector
+    # a row's identity: its user and item indices, year and label; the user fixes its knowledge vector,
+    # as the Transform normalised it
     features = train.features
     expected = sorted(zip(features["user_id"], features["item_id"], features["item_year"], train.labels))
-    vector_of = {index: knowledge.user_vector(user) for index, user in zip(features["user_id"], train.users)}
+    _, _, user_row, user_vectors = encoder.tables["user_knowledge"]
+    vector_of = {index: user_vectors[user_row[user]] for index, user in zip(features["user_id"], train.users)}
+    scenario_vectors = encoder.tables["scenario_knowledge"][3]
     data = encoder.tf_dataset(train, batch_size=64, shuffle_seed=3)
     orders = []
     for _ in range(2):  # two epochs
@@ -93,7 +97,7 @@ def test_batches_hold_every_row_once_per_epoch_with_its_own_label_and_knowledge(
             users = batch["user_id"].numpy()
             np.testing.assert_array_equal(batch["user_knowledge"].numpy(), np.stack([vector_of[u] for u in users]))
             scenarios = batch["scenario"].numpy()
-            np.testing.assert_array_equal(batch["scenario_knowledge"].numpy(), knowledge.scenario_matrix(dataset.scenario_ids)[scenarios])
+            np.testing.assert_array_equal(batch["scenario_knowledge"].numpy(), scenario_vectors[scenarios])
             rows += zip(users, batch["item_id"].numpy(), batch["item_year"].numpy(), labels.numpy())
         assert sorted(rows) == expected
         orders.append(rows)
