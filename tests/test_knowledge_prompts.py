@@ -1,4 +1,6 @@
 """Prompt content: train split only, whole-item trimming (oldest first), cold start, templates."""
+import dataclasses
+
 import pandas as pd
 import pytest
 
@@ -86,6 +88,9 @@ def test_profile_ranks_categories_by_smoothed_liked_share():
     assert profiles[""] == profiles["S0"]
     assert P.share_words(load_templates()[USER], 4, 7) == "more than half"
     assert P.share_words(load_templates()[USER], 0, 0) == "almost none"
+    broken = dataclasses.replace(load_templates()[USER], settings={"share_words": [[0.5, "half"]]})
+    with pytest.raises(TemplateError, match="share_words: expected .* edge 0"):
+        P.share_words(broken, 1, 4)
 
 
 def test_scenario_statistics_count_train_only(dataset, count):

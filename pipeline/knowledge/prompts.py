@@ -14,7 +14,7 @@ from llm4msr.errors import UserFacingError
 from llm4msr.pipeline.data.canonical import Dataset
 from llm4msr.pipeline.data.split import HISTORY
 from llm4msr.pipeline.knowledge.artifact import COLD_START_ID, ITEM, LEVELS, SCENARIO, USER
-from llm4msr.pipeline.knowledge.templates import Template
+from llm4msr.pipeline.knowledge.templates import Template, TemplateError
 
 # texts -> token counts (special tokens included), measured with the model's own tokenizer
 TokenCounter = Callable[[Sequence[str]], List[int]]
@@ -219,8 +219,17 @@ def user_profiles(dataset: Dataset, rows: pd.DataFrame, template: Template) -> D
 
 
 def share_words(template: Template, liked: int, rated: int) -> str:
+    """`liked` of `rated` in the words of the template's `share_words` ([lower edge, words] pairs)."""
+    table = template.setting("share_words", SHARE_WORDS)
+    try:
+        pairs = sorted(((float(low), str(words)) for low, words in table), reverse=True)
+    except (TypeError, ValueError):
+        pairs = []
+    if not pairs or pairs[-1][0] > 0:
+        raise TemplateError(f"{template.path}: share_words: expected [lower edge, words] pairs, one of them with "
+                            f"edge 0, got {table!r}")
     share = liked / rated if rated else 0.0
-    return next(words for low, words in template.setting("share_words", SHARE_WORDS) if share >= low)
+    return next(words for low, words in pairs if share >= low)
 
 
 def item_text(template: Template, title: str, categories: str) -> str:
