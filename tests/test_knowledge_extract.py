@@ -2,6 +2,7 @@
 cache isolation between models and templates, a rerun on unchanged inputs, the causal-LM path
 and the CLI."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -195,7 +196,7 @@ def test_cache_never_serves_another_template_or_model(small, tmp_path):
     templates = tmp_path / "templates"
     shutil.copytree(DEFAULT_DIR, templates)
     user = templates / "user.tmpl"
-    user.write_text(user.read_text().replace("version: 1", "version: 2"))  # same wording, new version
+    user.write_text(re.sub(r"(?m)^version: \d+", "version: 99", user.read_text()))  # same wording, new version
     changed = run(small, tmp_path / "k", tmp_path / "cache", templates=templates)
     assert changed["inferences"] == changed["prompts"] - SCENARIOS and changed["cache_hits"] == SCENARIOS
     shorter = run(small, tmp_path / "k", tmp_path / "cache", max_length=64)  # another model fingerprint
@@ -283,7 +284,8 @@ def test_default_local_run_embeds_in_a_onednn_worker_process(small, tmp_path):
     assert in_memory["inferences_with_onednn"] == (in_memory["inferences"] if here_uses_onednn else 0)
     worker, here = read_knowledge(tmp_path / "worker"), read_knowledge(tmp_path / "here")
     for user, entry in here.users.items():
-        assert np.dot(entry.vector, worker.users[user].vector) > 0.99999
+        # oneDNN's kernels sum in another order: equal up to float rounding (bfloat16 on CPUs that have it)
+        assert np.dot(entry.vector, worker.users[user].vector) > 0.9999
 
 
 def test_local_runs_get_an_inference_worker_unless_the_flags_choose():
