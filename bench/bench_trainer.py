@@ -1,15 +1,16 @@
 """Trainer benchmarks.
 
     python bench/bench_trainer.py throughput [--batch-sizes 1024 4096] [--backbones ...] [--mode all]
-                                             [--knowledge-width 32]
+                                             [--knowledge-width 384]
         steady-state training examples/s (median of 7 windows after warm-up, traces excluded) and
         parameter counts for every backbone with knowledge none and MODE (default both), at the
-        knowledge width the model sees (384 raw MiniLM, or a reduction's), on synthetic in-memory
+        knowledge width the model sees (default 32, the default reduction; 384: MiniLM's), on synthetic in-memory
         data fed by tf.data (knowledge vectors gathered per batch, as `llm4msr train` does; every
         example's user is drawn from 50,000, so every user row is projected: the worst case);
     python bench/bench_trainer.py throughput --data /tmp/ml-small --knowledge-dir /tmp/ml-small-knowledge
-                                             [--knowledge-reduction 32]
-        the same on a real data set and its extracted knowledge (reduced in Transform when asked), through `llm4msr train`'s own input
+                                             [--knowledge-reduction 0]
+        the same on a real data set and its extracted knowledge (normalised in Transform and reduced to 32 unless
+        --knowledge-reduction says otherwise), through `llm4msr train`'s own input
         pipeline (its features, vocabularies, user distribution and shuffled train split);
     python bench/bench_trainer.py auc --data /tmp/ml-small [--seed 0]
         `llm4msr train` test metrics for every backbone with knowledge=none on a prepared set
@@ -279,9 +280,12 @@ def main(argv=None) -> int:
     speed.add_argument("--data", help="a prepared data set (llm4msr data prepare --out DIR) instead of synthetic data")
     speed.add_argument("--knowledge-dir", help="its knowledge (llm4msr knowledge extract --out DIR)")
     speed.add_argument("--mode", default="both", help="the knowledge mode timed against none (both, all, ...)")
-    speed.add_argument("--knowledge-width", type=int, default=KNOWLEDGE_DIM,
-                       help="synthetic data: the knowledge width the model sees (e.g. a reduction's)")
-    speed.add_argument("--knowledge-reduction", type=int, default=0, help="real data: Transform reduction width")
+    speed.add_argument("--knowledge-width", type=int, default=KNOWLEDGE_REDUCTION,
+                       help=f"synthetic data: the knowledge width the model sees (default {KNOWLEDGE_REDUCTION}, the "
+                            f"product's reduction; {KNOWLEDGE_DIM}: MiniLM's)")
+    speed.add_argument("--knowledge-reduction", type=int, default=KNOWLEDGE_REDUCTION,
+                       help=f"real data: Transform reduction width (default {KNOWLEDGE_REDUCTION}, the product's; "
+                            f"0: the LLM's width)")
     speed.set_defaults(func=run_throughput)
     quality = modes.add_parser("auc")
     quality.add_argument("--data", required=True, help="canonical data set (llm4msr data prepare --out DIR)")
