@@ -66,7 +66,8 @@ class GridSpec:
     patience: int = _TRAINING.patience
     model: Dict = field(default_factory=dict)  # ModelConfig fields shared by every run
     jobs: int = 1
-    knowledge_reduction: int = KNOWLEDGE_REDUCTION  # Transform: reduce the knowledge to this many train principal components (0: normalised only)
+    # Transform: reduce the knowledge to this many train principal components (0: normalised only)
+    knowledge_reduction: int = KNOWLEDGE_REDUCTION
 
     def settings(self) -> dict:
         """What makes two runs comparable: everything but the grid's extent and the parallelism."""

@@ -12,7 +12,7 @@ TFX trainer. Input names and dtypes:
 Scalar features may arrive as `[B]` or `[B, 1]`; the layers accept both.
 """
 from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Union
 
 import tensorflow as tf
 
@@ -89,13 +89,11 @@ def as_vector(tensor: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tensor, [-1])
 
 
-def input_spec_from_transform(tft_output, num_scenarios: int, knowledge_dim: Optional[int] = None,
-                              item_knowledge: bool = False) -> InputSpec:
+def input_spec_from_transform(tft_output, num_scenarios: int) -> InputSpec:
     """The model inputs the Transform graph produces (`llm4msr.transform.preprocessing`): every int64
     output but the label, the scenario and the evaluation slices is a categorical feature sized by
-    its vocabulary (+ the out-of-vocabulary slot), every float scalar a dense one. `knowledge_dim`
-    None reads the knowledge widths from the graph's outputs (knowledge joined to the examples);
-    otherwise every level has that width (the item level only with `item_knowledge`)."""
+    its vocabulary (+ the out-of-vocabulary slot), every float scalar a dense one, and each knowledge
+    output an input of its width (the Transform normalises, and may reduce, the knowledge)."""
     from llm4msr.transform.preprocessing import OOV_BUCKETS, SLICE_PREFIX
 
     shapes = tft_output.transformed_feature_spec()
@@ -109,9 +107,6 @@ def input_spec_from_transform(tft_output, num_scenarios: int, knowledge_dim: Opt
         else:
             dense.append(name)
     categorical[SCENARIO] = num_scenarios
-    if knowledge_dim is None:
-        dims = [int(shapes[name].shape[-1]) if name in shapes else 0
-                for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE)]
-    else:
-        dims = [knowledge_dim, knowledge_dim, knowledge_dim if item_knowledge else 0]
+    dims = [int(shapes[name].shape[-1]) if name in shapes else 0
+            for name in (USER_KNOWLEDGE, SCENARIO_KNOWLEDGE, ITEM_KNOWLEDGE)]
     return InputSpec(categorical, dense, SCENARIO, *dims)
