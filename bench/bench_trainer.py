@@ -12,6 +12,10 @@
         the same on a real data set and its extracted knowledge (normalised in Transform and reduced to 32 unless
         --knowledge-reduction says otherwise), through `llm4msr train`'s own input
         pipeline (its features, vocabularies, user distribution and shuffled train split);
+    python bench/bench_trainer.py reference --torch-python /tmp/torchref/bin/python [--batch-size 4096]
+        each backbone (knowledge none, synthetic data) against the same backbone in PyTorch
+        (`reference_torch_backbones.py`, run by that interpreter), in alternating windows: both
+        processes live, one training at a time; prints both examples/s and the median per-pair ratio;
     python bench/bench_trainer.py auc --data /tmp/ml-small [--seed 0]
         `llm4msr train` test metrics for every backbone with knowledge=none on a prepared set
         (`llm4msr data prepare --out /tmp/ml-small`).
@@ -26,7 +30,10 @@
 The machine load (`uptime`) is printed with the figures: other jobs share the cores.
 """
 import argparse
+import json
 import os
+import pathlib
+import subprocess
 import sys
 import time
 
@@ -168,6 +175,58 @@ def run_throughput(args) -> None:
     print(f"# {load()}")
 
 
+class TorchReference:
+    """`reference_torch_backbones.py` in its own interpreter, trained one window at a time on command."""
+
+    def __init__(self, python: str, backbone: str, batch_size: int):
+        script = pathlib.Path(__file__).with_name("reference_torch_backbones.py")
+        self.process = subprocess.Popen([python, str(script), "--backbone", backbone, "--batch-size", str(batch_size)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self._answer()
+        self.params, self.versions = ready["params"], ready["versions"]
+
+    def _answer(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            sys.exit(f"the PyTorch reference ended (exit {self.process.wait()}); see its error above")
+        return json.loads(line)
+
+    def window(self):
+        self.process.stdin.write(f"window {WINDOW_SECONDS}\n")
+        self.process.stdin.flush()
+        answer = self._answer()
+        return answer["examples_per_s"], answer["examples_per_cpu_s"]
+
+    def close(self):
+        self.process.stdin.write("quit\n")
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def _after_pause(window):
+    """Both runtimes' worker threads spin for a moment after their work: let the other's stop first."""
+    time.sleep(0.3)
+    return window()
+
+
+def run_reference(args) -> None:
+    print(f"# training throughput against PyTorch (reference_torch_backbones.py), synthetic data, knowledge none, "
+          f"batch {args.batch_size}, median of {WINDOWS} alternating windows; {load()}")
+    print(f"{'backbone':<14}{'params':>11}{'torch params':>13}{'ex/s':>10}{'torch ex/s':>12}{'ex/s vs torch':>15}")
+    for backbone in args.backbones:
+        reference = TorchReference(args.torch_python, backbone, args.batch_size)
+        ours = TrainLoop(SyntheticWorkload(), backbone, "none", args.batch_size, args.steps_per_execution)
+        pairs = []
+        for _ in range(WINDOWS):
+            pairs.append((_after_pause(ours.window)[0], _after_pause(reference.window)[0]))
+        reference.close()
+        ratio = float(np.median([mine / theirs for mine, theirs in pairs]))
+        rate, reference_rate = (float(np.median(column)) for column in zip(*pairs))
+        print(f"{backbone:<14}{ours.ranking.model.count_params():>11,}{reference.params:>13,}{rate:>10,.0f}"
+              f"{reference_rate:>12,.0f}{ratio:>14.2f}x", flush=True)
+    print(f"# {load()}; PyTorch {reference.versions['torch']}")
+
+
 def run_auc(args) -> None:
     from llm4msr.trainer.fast import train
     from llm4msr.trainer.training import TrainConfig
@@ -287,6 +346,12 @@ def main(argv=None) -> int:
                        help=f"real data: Transform reduction width (default {KNOWLEDGE_REDUCTION}, the product's; "
                             f"0: the LLM's width)")
     speed.set_defaults(func=run_throughput)
+    versus = modes.add_parser("reference")
+    versus.add_argument("--torch-python", required=True, help="an interpreter with torch (reference_torch_backbones.py)")
+    versus.add_argument("--batch-size", type=int, default=4096)
+    versus.add_argument("--backbones", nargs="+", default=sorted(BACKBONES), choices=sorted(BACKBONES))
+    versus.add_argument("--steps-per-execution", type=int, default=4)
+    versus.set_defaults(func=run_reference)
     quality = modes.add_parser("auc")
     quality.add_argument("--data", required=True, help="canonical data set (llm4msr data prepare --out DIR)")
     quality.add_argument("--backbones", nargs="+", default=sorted(BACKBONES), choices=sorted(BACKBONES))
