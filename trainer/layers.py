@@ -266,15 +266,18 @@ def _frozen_input_matmul(inputs, kernel):
 class MetaWeightGenerator(tf.keras.layers.Layer):
     """Generates per-example low-rank weights `W(z) = U(z) V(z)^T` and a bias `b(z)` from knowledge `z`.
 
-    A hidden ReLU layer reads the projected knowledge `z`; three linear heads give the factors
-    `U`, `V` of a `units x units` weight and the bias. The heads start small, so a meta layer starts
-    close to the identity (its residual) and cannot destabilise the backbone early in training.
-    `MetaDense` uses `apply`, which computes the layer's output without materialising `U` and `V`.
+    A hidden ReLU layer reads the projected knowledge `z` (`h = relu(z W_h + b_h)`, `g` wide); three
+    linear heads of `h1 = [h, 1]` give the factors `U`, `V` of a `units x units` weight and the bias.
+    The heads start small (a truncated normal of variance `0.1 / g`, their biases zero), so a meta
+    layer starts close to the identity (its residual) and cannot destabilise the backbone early in
+    training. `MetaDense` uses `apply`, which computes the layer's output without materialising `U`
+    and `V`; the heads' variables are stored in the layout `apply` multiplies by (see there), so a
+    step does no reshaping of them.
 
     Args:
       units: width `d` of the input the generated weight applies to (the weight is `d x d`).
-      rank: rank of the generated weight.
-      hidden_units: width of the hidden layer.
+      rank: rank `r` of the generated weight.
+      hidden_units: width `g` of the hidden layer.
 
     Inputs:
       z: `[B, d_k]` projected knowledge.
@@ -287,36 +290,51 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.units, self.rank, self.hidden_units = units, rank, hidden_units
         self.hidden = tf.keras.layers.Dense(hidden_units, activation="relu")
-        def head(width):
-            small = tf.keras.initializers.VarianceScaling(scale=0.1, mode="fan_in")
-            return tf.keras.layers.Dense(width, kernel_initializer=small)
-        self.u_head, self.v_head, self.b_head = head(units * rank), head(units * rank), head(units)
 
     def build(self, input_shape):
-        input_shape = tf.TensorShape(input_shape)
-        hidden_shape = input_shape[:-1].concatenate([self.hidden_units])
-        for layer, shape in ((self.hidden, input_shape), (self.u_head, hidden_shape),
-                             (self.v_head, hidden_shape), (self.b_head, hidden_shape)):
-            with tf.name_scope(layer.name):
-                layer.build(shape)
+        d, r, g1 = self.units, self.rank, self.hidden_units + 1
+        with tf.name_scope(self.hidden.name):
+            self.hidden.build(tf.TensorShape(input_shape))
+        # u_kernel[i, (j, g)] = U's head weight of h1_g for U[i, j]; vb_kernel rows (j, g) hold V's
+        # head (V[k, j] from h1_g), then g1 rows of b's head. The last of every g1 is the head's bias.
+        bias_entry = np.arange(r * g1) % g1 == g1 - 1
+        self.u_kernel = self.add_weight("u_kernel", [d, r * g1], initializer=self._head_initializer(bias_entry[None]))
+        bias_entry = np.concatenate([bias_entry, np.arange(g1) == g1 - 1])[:, None]
+        self.vb_kernel = self.add_weight("vb_kernel", [(r + 1) * g1, d],
+                                         initializer=self._head_initializer(bias_entry))
         super().build(input_shape)
+
+    def _head_initializer(self, bias_entry: np.ndarray):
+        """Keras' `VarianceScaling(0.1, "fan_in")` of a head (fan-in `g`), zero on the bias entries."""
+        stddev = np.sqrt(0.1 / self.hidden_units) / .87962566103423978  # Keras' truncated-normal correction
+        small = tf.keras.initializers.TruncatedNormal(stddev=stddev)
+        return lambda shape, dtype=None: small(shape, dtype) * tf.constant(~bias_entry, dtype or tf.float32)
+
+    def _hidden_with_one(self, z):
+        h = self.hidden(z)
+        return tf.concat([h, tf.ones_like(h[:, :1])], axis=1)  # [B, g+1]: the heads' biases ride along
+
+    def _rank_sum(self, dtype):
+        """`[(rank, g), rank]`: sums each rank's block of `g + 1` columns."""
+        return tf.constant(np.kron(np.eye(self.rank), np.ones((self.hidden_units + 1, 1))), dtype=dtype)
 
     @no_autograph
     def call(self, z):
-        h = self.hidden(z)
-        shape = [-1, self.units, self.rank]
-        return tf.reshape(self.u_head(h), shape), tf.reshape(self.v_head(h), shape), self.b_head(h)
+        d, r, g1 = self.units, self.rank, self.hidden_units + 1
+        h1 = self._hidden_with_one(z)
+        u = tf.einsum("bg,ijg->bij", h1, tf.reshape(self.u_kernel, [d, r, g1]))
+        v = tf.einsum("bg,jgk->bkj", h1, tf.reshape(self.vb_kernel[:r * g1], [r, g1, d]))
+        return u, v, tf.matmul(h1, self.vb_kernel[r * g1:])
 
     def apply(self, x, z, activation):
         """The meta layer's output `activation(x U(z) V(z)^T + b(z)) + x`, per example (`U, V, b = self(z)`).
 
         Computed without materialising `U`, `V` (`[B, units, rank]` each), in 2-D GEMMs and
         element-wise products only, which on CPU beats 3-D broadcasting over the tiny rank axis
-        (see `bench/bench_trainer.py`). `U` is linear in the hidden activations `h1 = [h, 1]`: with
-        the head's kernel viewed as `Wu [g+1, units, rank]`, `(x U)_j = sum_g h1_g (x Wu_gj)`. So `x`
-        meets every `Wu_gj` in one GEMM (`[B, rank * (g+1)]`), the product with `h1` tiled per rank
-        and a block-sum GEMM give `x U`, and `(x U) V^T + b` is one GEMM of `[(x U)_j h1_g, h1]` with
-        `[Wv; Wb]`. The layer must be built.
+        (see `bench/bench_trainer.py`). `U` is linear in `h1`: `(x U)_j = sum_g h1_g (x Wu_gj)`. So `x`
+        meets every `Wu_gj` in one GEMM with `u_kernel` (`[B, rank * (g+1)]`), the product with `h1`
+        tiled per rank and a block-sum GEMM give `x U`, and `(x U) V^T + b` is one GEMM of
+        `[(x U)_j h1_g, h1]` with `vb_kernel`. The layer must be built.
 
         Args:
           x: `[B, units]`.
@@ -326,18 +344,12 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
         Returns:
           `[B, units]`.
         """
-        d, r, g1 = self.units, self.rank, self.hidden_units + 1
-        h = self.hidden(z)
-        h1 = tf.concat([h, tf.ones_like(h[:, :1])], axis=1)  # [B, g+1]: the heads' biases ride along
-        heads = (self.u_head, self.v_head, self.b_head)
-        wu, wv, wb = (tf.concat([head.kernel, head.bias[None]], axis=0) for head in heads)
-        wu = tf.reshape(tf.transpose(tf.reshape(wu, [g1, d, r]), [1, 2, 0]), [d, r * g1])  # columns (rank, g)
-        wv = tf.reshape(tf.transpose(tf.reshape(wv, [g1, d, r]), [2, 0, 1]), [r * g1, d])  # rows (rank, g)
-        rank_sum = tf.constant(np.kron(np.eye(r), np.ones((g1, 1))), dtype=x.dtype)  # [(rank, g), rank]
-        h1_per_rank = tf.tile(h1, [1, r])
-        xu = tf.matmul(tf.matmul(x, wu) * h1_per_rank, rank_sum)  # [B, rank]
+        h1_per_rank = tf.tile(self._hidden_with_one(z), [1, self.rank])
+        rank_sum = self._rank_sum(x.dtype)
+        xu = tf.matmul(tf.matmul(x, self.u_kernel) * h1_per_rank, rank_sum)  # [B, rank]
         outer = tf.matmul(xu, rank_sum, transpose_b=True) * h1_per_rank  # (x U)_j h1_g
-        return activation(tf.matmul(tf.concat([outer, h1], axis=1), tf.concat([wv, wb], axis=0))) + x
+        h1 = h1_per_rank[:, :self.hidden_units + 1]
+        return activation(tf.matmul(tf.concat([outer, h1], axis=1), self.vb_kernel)) + x
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "rank": self.rank,
