@@ -62,7 +62,7 @@ class SyntheticWorkload:
     """In-memory random features; every example's user drawn uniformly from 50,000."""
     name = "synthetic"
 
-    def __init__(self, width: int = KNOWLEDGE_DIM):
+    def __init__(self, width: int = KNOWLEDGE_REDUCTION):  # the width the model sees by default
         self.width = width
 
     def spec(self, knowledge: bool) -> InputSpec:
