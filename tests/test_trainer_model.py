@@ -157,6 +157,12 @@ def test_meta_weights_depend_on_knowledge_and_start_near_identity():
     z = tf.random.normal([6, 3], seed=2)
     y = layer([x, z])
     assert 0 < float(tf.reduce_max(tf.abs(y - x))) < 1.0  # residual dominates at initialisation
+    # the heads' biases (the last entry of every block of g + 1) start at zero, their weights do not
+    generator, blocks = layer.generator, 8 + 1
+    u_biases, u_weights = generator.u_kernel.numpy()[:, blocks - 1::blocks], generator.u_kernel.numpy()[:, :blocks - 1]
+    vb_biases = generator.vb_kernel.numpy()[blocks - 1::blocks]
+    assert u_biases.shape == (5, 2) and vb_biases.shape == (3, 5)
+    assert not u_biases.any() and not vb_biases.any() and np.abs(u_weights).min() > 0
     assert not np.allclose(layer([x, z]).numpy(), layer([x, z + 1.0]).numpy())
 
 

@@ -344,11 +344,11 @@ class MetaWeightGenerator(tf.keras.layers.Layer):
         Returns:
           `[B, units]`.
         """
-        h1_per_rank = tf.tile(self._hidden_with_one(z), [1, self.rank])
+        h1 = self._hidden_with_one(z)
+        h1_per_rank = tf.tile(h1, [1, self.rank])
         rank_sum = self._rank_sum(x.dtype)
         xu = tf.matmul(tf.matmul(x, self.u_kernel) * h1_per_rank, rank_sum)  # [B, rank]
         outer = tf.matmul(xu, rank_sum, transpose_b=True) * h1_per_rank  # (x U)_j h1_g
-        h1 = h1_per_rank[:, :self.hidden_units + 1]
         return activation(tf.matmul(tf.concat([outer, h1], axis=1), self.vb_kernel)) + x
 
     def get_config(self):
