@@ -145,7 +145,8 @@ class PLE(nn.Module):
 
 
 class StarLinear(ScenarioLinear):
-    """STAR's star topology: scenario kernel `W * W_s`, bias `b + b_s`."""
+    """STAR's star topology: scenario kernel `W * W_s`, bias `b_s` (ours adds a shared `b` too, which
+    changes nothing a per-scenario bias cannot learn: 193 parameters in all)."""
 
     def __init__(self, fan_in, units):
         super().__init__(fan_in, units)
