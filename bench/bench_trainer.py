@@ -180,6 +180,8 @@ class TorchReference:
 
     def __init__(self, python: str, backbone: str, batch_size: int):
         script = pathlib.Path(__file__).with_name("reference_torch_backbones.py")
+        if not os.access(python, os.X_OK):
+            sys.exit(f"--torch-python {python}: not an executable interpreter (see {script.name} for the set-up)")
         self.process = subprocess.Popen([python, str(script), "--backbone", backbone, "--batch-size", str(batch_size)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self._answer()

@@ -158,7 +158,8 @@ def test_meta_weights_depend_on_knowledge_and_start_near_identity():
     y = layer([x, z])
     assert 0 < float(tf.reduce_max(tf.abs(y - x))) < 1.0  # residual dominates at initialisation
     # the heads' biases (the last entry of every block of g + 1) start at zero, their weights do not
-    generator, blocks = layer.generator, 8 + 1
+    generator = layer.generator
+    blocks = generator.hidden_units + 1
     u_biases, u_weights = generator.u_kernel.numpy()[:, blocks - 1::blocks], generator.u_kernel.numpy()[:, :blocks - 1]
     vb_biases = generator.vb_kernel.numpy()[blocks - 1::blocks]
     assert u_biases.shape == (5, 2) and vb_biases.shape == (3, 5)
